@@ -1,0 +1,24 @@
+"""UAT Lab: universal perturbations and universal adversarial training (Shafahi et al., AAAI 2020).
+
+Modules, one idea each:
+    losses        clipped cross-entropy (eq. 3) and the targeted objective
+    constraints   ℓ∞ / ℓ2 balls: project(), apply() (x+δ clamped to [0,1])
+    attacks       Alg. 2 (UniversalAttack) and Alg. 1 (IDeepFool), batched DeepFool
+    training      natural, Alg. 3 (uat), Alg. 4 (lowcost), FGSM and PGD training
+    evaluation    top-1/top-5, fooling ratio, per-class accuracy
+    data          CIFAR-10, scikit-learn digits, any image folder, as uint8 tensors in memory
+    models        SmallCNN, ResNet-20, WRN-32-10, torchvision classifiers, behind a normalizing wrapper
+    checkpoint    weights + metadata, loaded with weights_only=True
+    export        δ as .pt/.npy/.png/.gif and image grids
+    plots         plotly figures shared by the app and the notebooks
+    events        the progress-event stream every long run speaks
+    zoo           the shipped models and their perturbations
+"""
+from .attacks import AttackConfig, IDeepFool, IDFConfig, UniversalAttack, ideepfool, universal_attack
+from .constraints import apply, project
+from .errors import UATError
+from .losses import clipped_cross_entropy
+
+__version__ = "0.1.0"
+__all__ = ["AttackConfig", "UniversalAttack", "universal_attack", "IDFConfig", "IDeepFool", "ideepfool",
+           "apply", "project", "clipped_cross_entropy", "UATError"]

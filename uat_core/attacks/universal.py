@@ -1,0 +1,197 @@
+"""Alg. 2 of Shafahi et al., "Universal Adversarial Training" (AAAI 2020), https://arxiv.org/abs/1811.11304
+
+Stochastic gradient *ascent* on one perturbation δ (C,H,W), shared by every image, maximising the
+clipped cross-entropy (eq. 3)
+
+    max_δ  1/N Σ_i min( CE(f(x_i + δ), y_i), β )   subject to ‖δ‖ ≤ ε,
+
+one minibatch at a time, each step followed by the projection onto the ε-ball.
+
+Norm: ℓ∞ (default) or ℓ2.  Optimizers (the update rule; the projection is separate, see constraints.py):
+    pgd   δ ← δ + τ·sign(g)              (sign gradient; the paper's default)   τ in 0-255 units
+    sgd   δ ← δ + τ·g                     τ in 0-255 units per unit gradient
+    msgd  SGD with momentum 0.9 on δ      τ as for sgd
+    adam  ADAM ascent on δ                τ in 0-255 units (ADAM's steps are about τ per pixel)
+  (for ℓ2, pgd steps along g/‖g‖₂ with length τ).
+The weights stay frozen: each step costs one forward and one input-gradient backward.
+
+Example::
+
+    cfg = AttackConfig(eps=8, beta=9, optimizer="pgd", epochs=10)
+    run = UniversalAttack(model, x_train, y_train, cfg)      # x: (N,C,H,W) float in [0,1]
+    result = run.run(progress=True)                         # or: for event in run: ...
+    result.delta                                           # (C,H,W) pixel units, ‖δ‖∞ ≤ 8/255
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..constraints import apply, check_norm, norm_of, project
+from ..errors import UATError
+from ..events import Event, Run, check_finite
+from ..losses import attack_objective
+from ..models import frozen
+
+OPTIMIZERS = ("sgd", "msgd", "pgd", "adam")
+
+# Default step size τ per optimizer, in 0-255 units (see the docstring for what τ means for each).
+# Chosen on the digits and CIFAR-10 models of this project so that each optimizer is at its best
+# within 10 epochs; the optimizer-race page and notebook compare them at these values.
+DEFAULT_STEP = {"pgd": 1.0, "adam": 1.0, "sgd": 2000.0, "msgd": 200.0}
+
+
+@dataclass
+class AttackConfig:
+    eps: float = 8.0              # ‖δ‖ ≤ ε, in 0-255 units (ℓ∞); for ℓ2 the radius in the same units
+    beta: float = 9.0             # clip of the per-image CE; math.inf = plain CE
+    optimizer: str = "pgd"        # sgd | msgd | pgd | adam
+    norm: str = "linf"            # linf | l2
+    step_size: float | None = None  # τ in 0-255 units; None = DEFAULT_STEP[optimizer]
+    step_decay: float = 1.0       # τ multiplied by this after every epoch (1 = constant)
+    epochs: int = 10              # passes over the attack set
+    batch_size: int = 128
+    target: int | None = None     # class to push every image to (targeted); None = untargeted
+    seed: int = 0                 # shuffling order of the attack set and any random init
+    snapshot_every: int = 10      # a δ snapshot in the event stream every k steps (0 = only the last)
+
+    def validate(self) -> "AttackConfig":
+        if not (0 < self.eps <= 255):
+            raise UATError(f"eps must be in (0, 255] (0-255 pixel units), got {self.eps}")
+        if not (self.beta > 0):
+            raise UATError(f"beta must be > 0 (use inf for no clipping), got {self.beta}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UATError(f"unknown optimizer '{self.optimizer}': choose {', '.join(OPTIMIZERS)}")
+        check_norm(self.norm)
+        if self.step_size is not None and not (self.step_size > 0 and math.isfinite(self.step_size)):
+            raise UATError(f"step size must be a positive number, got {self.step_size}")
+        if not (0 < self.step_decay <= 1):
+            raise UATError(f"step decay must be in (0, 1], got {self.step_decay}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UATError("epochs and batch size must be at least 1")
+        return self
+
+    @property
+    def tau(self) -> float:
+        """τ in 0-255 units."""
+        return self.step_size if self.step_size is not None else DEFAULT_STEP[self.optimizer]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AttackResult:
+    delta: torch.Tensor                 # (C,H,W) on the CPU, pixel units
+    history: list[dict]                 # one dict per step: step, epoch, loss, acc, tau, norm
+    snapshots: list[tuple[int, torch.Tensor]] = field(default_factory=list)   # (step, δ)
+    seconds: float = 0.0
+    steps: int = 0
+    stopped_early: bool = False
+    config: dict = field(default_factory=dict)
+
+
+class UniversalAttack(Run):
+    """Alg. 2 as a stream of events; see the module docstring."""
+
+    def __init__(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 config: AttackConfig | None = None, device: str | torch.device | None = None,
+                 delta_init: torch.Tensor | None = None):
+        super().__init__()
+        self.cfg = (config or AttackConfig()).validate()
+        if images.ndim != 4 or len(images) == 0:
+            raise UATError("the attack set is empty")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255)
+        self.x = images.to(self.device, non_blocking=True)       # (N,C,H,W) float in [0,1]
+        self.y = labels.to(self.device, non_blocking=True)       # (N,)
+        self.eps = self.cfg.eps / 255.0
+        self.delta = torch.zeros(self.x.shape[1:], device=self.device)   # (C,H,W)
+        if delta_init is not None:
+            self.delta = project(delta_init.to(self.device).float(), self.eps, self.cfg.norm)
+        self.steps_per_epoch = math.ceil(len(self.x) / self.cfg.batch_size)
+        self.total = self.cfg.epochs * self.steps_per_epoch
+        self.snapshots: list[tuple[int, torch.Tensor]] = []
+
+    # ---- the update rule -------------------------------------------------------------------
+    def _make_optimizer(self, delta: torch.Tensor):
+        lr = self.cfg.tau / 255.0
+        if self.cfg.optimizer == "sgd":
+            return torch.optim.SGD([delta], lr=lr, maximize=True)
+        if self.cfg.optimizer == "msgd":
+            return torch.optim.SGD([delta], lr=lr, momentum=0.9, maximize=True)
+        if self.cfg.optimizer == "adam":
+            return torch.optim.Adam([delta], lr=lr, maximize=True)
+        return None                                                  # pgd: the sign step below
+
+    def _pgd_step(self, delta: torch.Tensor, g: torch.Tensor, tau: float) -> None:
+        if self.cfg.norm == "linf":
+            delta.add_(g.sign(), alpha=tau)
+        else:
+            delta.add_(g / g.norm().clamp_min(1e-12), alpha=tau)
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def _steps(self):
+        cfg, t0 = self.cfg, time.perf_counter()
+        gen = torch.Generator().manual_seed(cfg.seed)
+        delta = self.delta.clone().requires_grad_(True)
+        opt = self._make_optimizer(delta)
+        tau = cfg.tau / 255.0
+        step = 0
+        with frozen(self.model) as model:
+            for epoch in range(cfg.epochs):
+                order = torch.randperm(len(self.x), generator=gen).to(self.device)
+                for b in range(self.steps_per_epoch):
+                    idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                    x, y = self.x[idx], self.y[idx]                        # (B,C,H,W), (B,)
+                    logits = model(apply(x, delta))                        # (B,K)
+                    loss = attack_objective(logits, y, cfg.beta, cfg.target)
+                    g, = torch.autograd.grad(loss, delta)                  # (C,H,W) = E_batch ∇δ
+                    check_finite(g, "the gradient of the attack loss")
+                    with torch.no_grad():
+                        if opt is None:
+                            self._pgd_step(delta, g, tau)
+                        else:
+                            delta.grad = g
+                            opt.step()
+                        delta.copy_(project(delta, self.eps, cfg.norm))
+                    self.delta = delta.detach()
+                    step += 1
+                    acc = (logits.argmax(1) == y).float().mean().item()
+                    rec = {"step": step, "epoch": epoch, "loss": abs(loss.item()), "acc": acc,
+                           "tau": tau * 255.0, "norm": norm_of(self.delta, cfg.norm) * 255.0}
+                    if cfg.target is not None:
+                        rec["target_rate"] = (logits.argmax(1) == cfg.target).float().mean().item()
+                    self.history.append(rec)
+                    snap = None
+                    if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+                        snap = self.delta.cpu().clone()
+                        self.snapshots.append((step, snap))
+                    yield Event("step", step, self.total, epoch, rec, snap)
+                    if self.stopping:
+                        break
+                if self.stopping:
+                    break
+                if opt is not None:
+                    for grp in opt.param_groups:
+                        grp["lr"] *= cfg.step_decay
+                tau *= cfg.step_decay
+                yield Event("epoch", step, self.total, epoch, {"loss": self.history[-1]["loss"]})
+        final = self.delta.cpu().clone()
+        if not self.snapshots or self.snapshots[-1][0] != step:
+            self.snapshots.append((step, final))
+        self.result = AttackResult(final, self.history, self.snapshots, time.perf_counter() - t0, step,
+                                   self.stopping, cfg.to_dict())
+        yield Event("done", step, self.total, cfg.epochs - 1, {}, final, self.result)
+
+
+def universal_attack(model, images, labels, config: AttackConfig | None = None, **kw) -> AttackResult:
+    """Run Alg. 2 to the end (see :class:`UniversalAttack`)."""
+    progress = kw.pop("progress", False)
+    callback = kw.pop("callback", None)
+    return UniversalAttack(model, images, labels, config, **kw).run(callback, progress, "Alg. 2")

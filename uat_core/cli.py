@@ -1,0 +1,349 @@
+"""Command line: ``python -m uat_core {train,attack,eval} ...``. Every flag is explained by ``--help``.
+
+Errors a user can cause print one line ("error: ...") and exit with status 2, before any work is done.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import UATError
+
+EXAMPLES = """examples:
+  python -m uat_core train --dataset digits --model smallcnn --algorithm natural --epochs 3 --out runs/digits
+  python -m uat_core attack --dataset digits --checkpoint runs/digits/model.pt --eps 32 --out runs/digits-attack
+  UAT_DATA=../shared/data/cifar10-jpeg python -m uat_core attack --dataset cifar10 \\
+      --checkpoint assets/models/cifar10_resnet20_natural.pt --eps 8 --beta 9 --epochs 10 --out runs/c10
+  python -m uat_core eval --dataset digits --checkpoint M.pt --perturbation runs/digits-attack/perturbation.pt --out runs/t
+"""
+
+
+def _beta(s: str) -> float:
+    if s.lower() in ("inf", "infinity", "none"):
+        return math.inf
+    try:
+        return float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"beta must be a number or 'inf', got {s!r}") from None
+
+
+def _common(p: argparse.ArgumentParser, out_help: str):
+    p.add_argument("--dataset", default="digits",
+                   help="cifar10 | digits | imagefolder:<path> (default: digits, bundled and offline)")
+    p.add_argument("--data-root", default=None,
+                   help="where cifar10 lives: an ImageFolder tree with train/ and test/, or a torchvision "
+                        "CIFAR-10 root (default: $UAT_DATA, else download into ~/.cache/uat_lab)")
+    p.add_argument("--image-size", type=int, default=224, help="side of the square crop for imagefolder data")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU) | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (subsets, order, init)")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--eval-size", type=int, default=None,
+                   help="evaluate on this many test images (stratified, seeded; default: the whole test split)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m uat_core", epilog=EXAMPLES,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 description="UAT Lab: universal perturbations (Alg. 1, Alg. 2) and universal "
+                                             "adversarial training (Alg. 3, Alg. 4) of Shafahi et al., AAAI 2020.")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{train,attack,eval}")
+
+    t = sub.add_parser("train", help="train a model (natural, uat, lowcost, fgsm, pgd)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _common(t, "folder for model.pt, checkpoint.pt (resume state), metrics.json")
+    t.add_argument("--model", default="smallcnn", help="smallcnn | resnet20 | wrn32_10 | torchvision:<name>")
+    t.add_argument("--algorithm", default="natural",
+                   help="natural | uat (Alg. 3) | lowcost (Alg. 4) | fgsm | pgd (per-instance baselines)")
+    t.add_argument("--epochs", type=int, default=10, help="passes over the training set")
+    t.add_argument("--batch-size", type=int, default=None, help="minibatch size per process (default 128; digits 64)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate of momentum SGD (default 0.1; digits 0.05)")
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum of the weights")
+    t.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
+    t.add_argument("--schedule", default="step",
+                   help="learning-rate schedule: step (÷10 at 50%% and 75%% of the steps, the paper's) | "
+                        "onecycle | cosine | constant")
+    t.add_argument("--no-augment", action="store_true", help="turn off random crop + flip (on for cifar10)")
+    t.add_argument("--eps", type=float, default=8.0, help="ε of δ or of the per-instance attacks, 0-255 units")
+    t.add_argument("--delta-rule", default="fgsm", help="update of the universal δ: fgsm (eq. 6) | sgd (eq. 7) | adam")
+    t.add_argument("--delta-lr", type=float, default=1.0,
+                   help="τδ for --delta-rule sgd (0-255 units per unit gradient) or adam (0-255 units per step)")
+    t.add_argument("--pgd-steps", type=int, default=7, help="K for --algorithm pgd")
+    t.add_argument("--pgd-step-size", type=float, default=None, help="PGD step α in 0-255 units (default 2.5·ε/K)")
+    t.add_argument("--train-size", type=int, default=None, help="train on this many images (stratified subset)")
+    t.add_argument("--track-every", type=int, default=10,
+                   help="uat/lowcost: measure the 'after ascent' minibatch accuracy every k steps (0 = never)")
+    t.add_argument("--resume", action="store_true", help="continue the run saved in --out/checkpoint.pt")
+    t.add_argument("--amp", action="store_true", help="CUDA only: bfloat16 mixed precision")
+    t.add_argument("--channels-last", action="store_true", help="CUDA only: channels-last memory format")
+    t.add_argument("--report-attack-size", type=int, default=2000,
+                   help="robustness report: training images the fresh Alg. 2 attack is built on")
+    t.add_argument("--report-attack-epochs", type=int, default=10, help="robustness report: attack epochs")
+    t.add_argument("--report-eps", type=float, default=None, help="robustness report: ε (default: --eps)")
+    t.add_argument("--no-report", action="store_true", help="skip the robustness report")
+
+    a = sub.add_parser("attack", help="build a universal perturbation against a model (Alg. 2 or iDeepFool)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _common(a, "folder for perturbation.{pt,npy,png,gif}, grid.png and metrics.json")
+    a.add_argument("--checkpoint", required=True, help="a model.pt written by 'train' (or a zoo model)")
+    a.add_argument("--method", default="alg2", help="alg2 (the paper's SGD attack) | idf (iDeepFool, Alg. 1)")
+    a.add_argument("--eps", type=float, default=8.0, help="‖δ‖ bound in 0-255 units (ℓ∞; ℓ2 radius for --norm l2)")
+    a.add_argument("--beta", type=_beta, default=9.0, help="clip of the per-image cross-entropy; 'inf' = none")
+    a.add_argument("--optimizer", default="pgd", help="sgd | msgd | pgd (sign gradient) | adam")
+    a.add_argument("--norm", default="linf", help="linf | l2")
+    a.add_argument("--step-size", type=float, default=None,
+                   help="τ in 0-255 units (default per optimizer: pgd 1, adam 1, msgd 200, sgd 2000)")
+    a.add_argument("--step-decay", type=float, default=1.0, help="τ is multiplied by this after every epoch")
+    a.add_argument("--epochs", type=int, default=10, help="passes over the attack set (idf: cap on passes)")
+    a.add_argument("--batch-size", type=int, default=128, help="attack minibatch size")
+    a.add_argument("--attack-size", type=int, default=2000, help="training images the attack is built on")
+    a.add_argument("--target", type=int, default=None, help="targeted attack: class index every image is pushed to")
+    a.add_argument("--snapshot-every", type=int, default=10, help="δ snapshot every k steps (for the GIF)")
+    a.add_argument("--xi", type=float, default=0.8, help="idf: stop once this fooling ratio is reached")
+
+    e = sub.add_parser("eval", help="evaluate any saved δ on any model (transfer)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _common(e, "folder for metrics.json and grid.png")
+    e.add_argument("--checkpoint", required=True, help="model.pt to evaluate")
+    e.add_argument("--perturbation", required=True, help="a perturbation.pt or .npy (C×H×W, pixel units)")
+    return ap
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    try:
+        return {"train": cmd_train, "attack": cmd_attack, "eval": cmd_eval}[args.cmd](args)
+    except UATError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------------------------------------------
+def _data(args, split, info, limit=None):
+    from .data import load_dataset
+    return load_dataset(args.dataset, split, args.data_root, limit=limit, seed=args.seed,
+                        image_size=info["shape"][1], progress=not args.quiet)
+
+
+def _check_size(n, what):
+    if n is not None and n < 1:
+        raise UATError(f"{what} must be at least 1, got {n}")
+
+
+def _grid(model, test, delta, device, n=16):
+    from .evaluation import predict
+    from .export import comparison_grid
+    sub = test.subset(n, 0)
+    x = sub.float_images()
+    top_c, _ = predict(model, sub.images, None, device=device)
+    top_p, conf = predict(model, sub.images, delta, device=device)
+    return comparison_grid(x, delta, sub.classes, top_c[:, 0], top_p[:, 0], sub.labels, conf)
+
+
+def cmd_attack(args) -> int:
+    from .attacks import AttackConfig, IDFConfig
+    from .checkpoint import load_checkpoint
+    from .data import dataset_info
+    from .device import pick_device
+    from .evaluation import evaluate
+    from .export import PERTURBATION_FILES, png_bytes, save_perturbation
+    from .fileio import atomic_bytes, prepare_out_dir, write_json
+    from .pipeline import make_attack
+
+    # --- validate everything before any work
+    if args.method not in ("alg2", "idf"):
+        raise UATError(f"unknown method '{args.method}': choose alg2 or idf")
+    if args.method == "alg2":
+        cfg = dict(eps=args.eps, beta=args.beta, optimizer=args.optimizer, norm=args.norm,
+                   step_size=args.step_size, step_decay=args.step_decay, epochs=args.epochs,
+                   batch_size=args.batch_size, target=args.target, seed=args.seed,
+                   snapshot_every=args.snapshot_every)
+        AttackConfig(**cfg).validate()
+    else:
+        if not args.beta > 0:
+            raise UATError(f"beta must be > 0 (use inf for no clipping), got {args.beta}")
+        cfg = dict(eps=args.eps, norm=args.norm, xi=args.xi, max_passes=args.epochs,
+                   batch_size=args.batch_size, seed=args.seed)
+        IDFConfig(**cfg).validate()
+    _check_size(args.attack_size, "--attack-size")
+    _check_size(args.eval_size, "--eval-size")
+    info = dataset_info(args.dataset, args.image_size) if not args.dataset.startswith("imagefolder:") \
+        else None
+    device = pick_device(args.device)
+    expect = {"num_classes": info["num_classes"], "shape": info["shape"]} if info else None
+    model, meta = load_checkpoint(args.checkpoint, expect, device)
+    if info is None:
+        info = dataset_info(args.dataset, meta["image_size"])
+        load_checkpoint(args.checkpoint, {"num_classes": info["num_classes"], "shape": info["shape"]})
+    if args.target is not None and not (0 <= args.target < info["num_classes"]):
+        raise UATError(f"--target must be a class index in [0, {info['num_classes'] - 1}]")
+    out = prepare_out_dir(args.out, list(PERTURBATION_FILES) + ["metrics.json", "grid.png"], args.force)
+
+    # --- work
+    train = _data(args, "train", info, limit=args.attack_size)
+    test = _data(args, "test", info, limit=args.eval_size)
+    run = make_attack(model, train, args.method, device, **cfg)
+    res = run.run(progress=not args.quiet, desc="iDeepFool" if args.method == "idf" else "Alg. 2")
+    m = evaluate(model, test.images, test.labels, res.delta, test.num_classes, device=device,
+                 target=args.target)
+    eps = args.eps / 255.0
+    files = save_perturbation(out, res.delta, eps, res.snapshots)
+    atomic_bytes(out / "grid.png", png_bytes(_grid(model, test, res.delta, device)))
+    metrics = {**m, "eps": args.eps, "beta": args.beta, "method": args.method, "seconds": res.seconds,
+               "steps": res.steps, "attack_size": len(train), "eval_size": len(test),
+               "dataset": args.dataset, "checkpoint": str(args.checkpoint), "model": meta["arch"],
+               "config": res.config, "history": res.history, "files": files}
+    write_json(out / "metrics.json", metrics)
+    print(f"clean top-1 {100 * m['clean_top1']:.1f}% -> perturbed top-1 {100 * m['perturbed_top1']:.1f}% "
+          f"(fooling ratio {100 * m['fooling_ratio']:.1f}%, ε = {args.eps:g}/255, {res.seconds:.1f} s); "
+          f"wrote {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .data import dataset_info
+    from .device import pick_device
+    from .evaluation import evaluate
+    from .export import load_perturbation, png_bytes
+    from .fileio import atomic_bytes, prepare_out_dir, write_json
+
+    _check_size(args.eval_size, "--eval-size")
+    info0 = dataset_info(args.dataset, args.image_size)
+    device = pick_device(args.device)
+    model, meta = load_checkpoint(args.checkpoint, {"num_classes": info0["num_classes"], "shape": info0["shape"]},
+                                  device)
+    info = dataset_info(args.dataset, meta["image_size"])
+    delta = load_perturbation(args.perturbation, info["shape"])
+    out = prepare_out_dir(args.out, ["metrics.json", "grid.png"], args.force)
+    test = _data(args, "test", info, limit=args.eval_size)
+    m = evaluate(model, test.images, test.labels, delta, test.num_classes, device=device)
+    eps255 = float(delta.abs().max()) * 255
+    atomic_bytes(out / "grid.png", png_bytes(_grid(model, test, delta, device)))
+    write_json(out / "metrics.json", {**m, "eps": round(eps255, 3), "dataset": args.dataset,
+                                      "checkpoint": str(args.checkpoint), "perturbation": str(args.perturbation),
+                                      "model": meta["arch"], "eval_size": len(test)})
+    print(f"clean top-1 {100 * m['clean_top1']:.1f}% -> perturbed top-1 {100 * m['perturbed_top1']:.1f}% "
+          f"(fooling ratio {100 * m['fooling_ratio']:.1f}%, ‖δ‖∞ = {eps255:.2f}/255); wrote {out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .checkpoint import read_checkpoint, save_checkpoint
+    from .data import dataset_info
+    from .device import pick_device
+    from .fileio import prepare_out_dir, write_json
+    from .pipeline import make_trainer, meta_for, robustness_report
+    from .training import default_config_for
+    from .models import check_arch
+    import torch.distributed as dist
+    import os
+
+    # --- validate
+    check_arch(args.model)
+    info = dataset_info(args.dataset, args.image_size)
+    cfg = default_config_for(
+        args.dataset, args.model, algorithm=args.algorithm, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
+        eps=args.eps, delta_rule=args.delta_rule, delta_lr=args.delta_lr, pgd_steps=args.pgd_steps,
+        pgd_step_size=args.pgd_step_size, track_every=args.track_every, seed=args.seed, amp=args.amp,
+        channels_last=args.channels_last)
+    if args.no_augment:
+        cfg.augment = False
+    if args.dataset.startswith("imagefolder:") or args.dataset == "cifar10":
+        cfg.flip = True
+    cfg.validate()
+    _check_size(args.train_size, "--train-size")
+    _check_size(args.eval_size, "--eval-size")
+    if args.report_eps is not None and not (0 < args.report_eps <= 255):
+        raise UATError(f"--report-eps must be in (0, 255], got {args.report_eps}")
+
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    if distributed:
+        dev_name = args.device
+        if dev_name == "auto":
+            dev_name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+        device = pick_device(dev_name)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    else:
+        device = pick_device(args.device)
+    rank = dist.get_rank() if distributed else 0
+    out = Path(args.out)
+    ckpt_path = out / "checkpoint.pt"
+    resume_state = None
+    if args.resume:
+        if not ckpt_path.is_file():
+            raise UATError(f"nothing to resume: {ckpt_path} does not exist")
+        obj = read_checkpoint(ckpt_path)
+        if obj["meta"]["arch"] != args.model or obj["meta"]["dataset"] != args.dataset:
+            raise UATError(f"cannot resume: {ckpt_path} holds a {obj['meta']['arch']} model on "
+                           f"{obj['meta']['dataset']}, not {args.model} on {args.dataset}")
+        resume_state = obj.get("extra")
+        if not resume_state:
+            raise UATError(f"{ckpt_path} holds no resume state")
+    elif rank == 0:
+        prepare_out_dir(out, ["model.pt", "metrics.json", "checkpoint.pt"], args.force)
+
+    # --- work
+    train = _data(args, "train", info)
+    if args.train_size:
+        train = train.subset(args.train_size, args.seed)
+    training_meta = {**cfg.to_dict(), "dataset": args.dataset, "train_size": len(train),
+                     "world_size": dist.get_world_size() if distributed else 1,
+                     "command": "python -m uat_core " + " ".join(args.argv)}
+    trainer = make_trainer(args.model, train, cfg, device, resume_state=None,
+                           checkpoint_fn=lambda tr: save_checkpoint(
+                               ckpt_path, tr.model, meta_for(args.model, train, training_meta), tr.state()))
+    if resume_state is not None:
+        trainer.model.net.load_state_dict(obj["state_dict"])
+        trainer.load_state(resume_state)
+        if rank == 0:
+            print(f"resuming at epoch {trainer.epoch_i}/{cfg.epochs} (step {trainer.step_i})", file=sys.stderr)
+    try:
+        res = trainer.run(progress=not args.quiet and rank == 0, desc=f"train {args.algorithm}")
+    except KeyboardInterrupt:
+        if rank == 0 and trainer.epoch_i > 0:
+            print(f"\ninterrupted: the checkpoint of epoch {trainer.epoch_i} is in {ckpt_path}; "
+                  "continue with --resume", file=sys.stderr)
+        return 130
+    if distributed:
+        dist.barrier()
+    if rank != 0:
+        dist.destroy_process_group()
+        return 0
+    metrics = {"dataset": args.dataset, "model": args.model, "algorithm": args.algorithm, "epochs": res.epochs_done,
+               "steps": res.steps, "seconds": res.seconds, "passes": res.passes, "train_size": len(train)}
+    test = _data(args, "test", info, limit=args.eval_size)
+    from .evaluation import evaluate
+    m = evaluate(trainer.model, test.images, test.labels, None, test.num_classes, device=device)
+    metrics.update(clean_top1=m["clean_top1"], clean_top5=m["clean_top5"], eval_size=len(test))
+    if not args.no_report:
+        rep = robustness_report(trainer.model, train, test, args.report_eps or args.eps, args.report_attack_size,
+                                args.report_attack_epochs, 9.0, args.seed, device, progress=not args.quiet)
+        rep.pop("delta")
+        metrics.update(robust_top1=rep["robust_top1"], robust_top5=rep["robust_top5"], robustness=rep)
+    if res.delta is not None:
+        from .fileio import atomic_write
+        atomic_write(out / "delta.pt", lambda tmp: torch.save(res.delta, tmp))
+    save_checkpoint(out / "model.pt", trainer.model, meta_for(args.model, train, training_meta,
+                                                             {k: metrics[k] for k in metrics
+                                                              if k in ("clean_top1", "robust_top1")}))
+    metrics["history"] = res.history
+    write_json(out / "metrics.json", metrics)
+    rob = f", robust top-1 {100 * metrics['robust_top1']:.1f}%" if "robust_top1" in metrics else ""
+    print(f"{args.algorithm}: clean top-1 {100 * metrics['clean_top1']:.1f}%{rob} "
+          f"({res.seconds:.1f} s of training); wrote {out}")
+    if distributed:
+        dist.destroy_process_group()
+    return 0
+

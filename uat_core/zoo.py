@@ -1,0 +1,220 @@
+"""The model zoo: trained models and their universal perturbations shipped in ``assets/models``.
+
+    python -m uat_core.zoo build --dataset digits            # seconds per model
+    python -m uat_core.zoo build --dataset cifar10 --only natural,lowcost   # CPU: ~20-60 min per model
+    python -m uat_core.zoo report --dataset cifar10          # writes docs/results.md
+    python -m uat_core.zoo list
+
+Each build trains through the CLI into ``runs/zoo/<name>`` (checkpoint every epoch, so an interrupted
+build resumes where it stopped), copies the weights to ``assets/models/<name>.pt``, builds the default
+universal perturbation against it (Alg. 2, sign gradient, β = 9) as ``<name>.delta.pt`` and records
+everything in ``assets/models/manifest.json``. The app and the notebooks load models by name from here.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import UATError
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO_DIR = ROOT / "assets" / "models"
+MANIFEST = ZOO_DIR / "manifest.json"
+RUNS = ROOT / "runs" / "zoo"
+
+# name -> training recipe. ε in 0-255 units; epochs chosen to fit the CPU budget (see docs/results.md).
+RECIPES = {
+    "digits": {
+        "eps": 32, "model": "smallcnn", "attack_size": 1297,
+        "models": {
+            "natural": ["--algorithm", "natural", "--epochs", "8"],
+            "uat": ["--algorithm", "uat", "--epochs", "8"],
+            "lowcost": ["--algorithm", "lowcost", "--epochs", "8"],
+            "fgsm": ["--algorithm", "fgsm", "--epochs", "8"],
+            "pgd": ["--algorithm", "pgd", "--pgd-steps", "5", "--epochs", "8"],
+            "uadam": ["--algorithm", "uat", "--delta-rule", "adam", "--delta-lr", "4", "--epochs", "8"],
+        },
+    },
+    "cifar10": {
+        "eps": 8, "model": "resnet20", "attack_size": 2000,
+        "models": {
+            "natural": ["--algorithm", "natural", "--epochs", "10", "--schedule", "onecycle", "--lr", "0.2"],
+            "lowcost": ["--algorithm", "lowcost", "--epochs", "10", "--schedule", "onecycle", "--lr", "0.2"],
+            "uat": ["--algorithm", "uat", "--epochs", "8", "--schedule", "onecycle", "--lr", "0.2"],
+            "fgsm": ["--algorithm", "fgsm", "--epochs", "8", "--schedule", "onecycle", "--lr", "0.2"],
+            "pgd": ["--algorithm", "pgd", "--pgd-steps", "3", "--epochs", "6", "--schedule", "onecycle", "--lr", "0.2"],
+            "uadam": ["--algorithm", "uat", "--delta-rule", "adam", "--delta-lr", "1", "--epochs", "8",
+                      "--schedule", "onecycle", "--lr", "0.2"],
+        },
+    },
+}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest() -> dict:
+    if MANIFEST.is_file():
+        return json.loads(MANIFEST.read_text())
+    return {"models": {}}
+
+
+def write_manifest(man: dict) -> None:
+    from .fileio import write_json
+    write_json(MANIFEST, man)
+
+
+def zoo_name(dataset: str, algorithm: str) -> str:
+    return f"{dataset}_{RECIPES[dataset]['model']}_{algorithm}"
+
+
+def list_models(dataset: str | None = None) -> list[dict]:
+    """Manifest entries (with ``name``), optionally for one dataset."""
+    man = read_manifest()
+    return [{"name": k, **v} for k, v in man["models"].items() if dataset is None or v["dataset"] == dataset]
+
+
+def load_zoo_model(name: str, device="cpu"):
+    """(model, meta) of a shipped model, after checking its sha256 against the manifest."""
+    from .checkpoint import load_checkpoint
+    man = read_manifest()["models"]
+    if name not in man:
+        raise UATError(f"no zoo model '{name}': choose one of {', '.join(sorted(man)) or '(none built yet)'}")
+    path = ZOO_DIR / man[name]["file"]
+    if sha256(path) != man[name]["sha256"]:
+        raise UATError(f"{path} does not match its sha256 in the manifest")
+    return load_checkpoint(path, device=device)
+
+
+def load_zoo_perturbation(name: str) -> torch.Tensor:
+    from .export import load_perturbation
+    man = read_manifest()["models"]
+    if name not in man or not man[name].get("perturbation"):
+        raise UATError(f"no shipped perturbation for '{name}'")
+    return load_perturbation(ZOO_DIR / man[name]["perturbation"])
+
+
+def _train(dataset: str, algo: str, data_root: str | None, extra: list[str]) -> Path:
+    rec = RECIPES[dataset]
+    name = zoo_name(dataset, algo)
+    out = RUNS / name
+    cmd = [sys.executable, "-m", "uat_core", "train", "--dataset", dataset, "--model", rec["model"],
+           "--eps", str(rec["eps"]), "--out", str(out), "--report-attack-size", str(rec["attack_size"]),
+           "--seed", "0", *rec["models"][algo], *extra]
+    if data_root:
+        cmd += ["--data-root", data_root]
+    if (out / "model.pt").is_file() and (out / "metrics.json").is_file():
+        return out
+    if (out / "checkpoint.pt").is_file():
+        cmd.append("--resume")
+    elif out.exists():
+        cmd.append("--force")
+    print("$", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return out
+
+
+def build(dataset: str, only: list[str] | None = None, data_root: str | None = None, extra=()) -> None:
+    """Train (or resume) each missing zoo model of ``dataset`` and ship it with its perturbation."""
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset
+    from .evaluation import evaluate
+    from .fileio import atomic_write
+    from .pipeline import make_attack
+
+    rec = RECIPES[dataset]
+    algos = only or list(rec["models"])
+    for algo in algos:
+        if algo not in rec["models"]:
+            raise UATError(f"unknown zoo model '{algo}' for {dataset}: choose {', '.join(rec['models'])}")
+    for algo in algos:
+        name = zoo_name(dataset, algo)
+        man = read_manifest()
+        if name in man["models"] and (ZOO_DIR / man["models"][name]["file"]).is_file():
+            print(f"{name}: already in the zoo", flush=True)
+            continue
+        out = _train(dataset, algo, data_root, list(extra))
+        metrics = json.loads((out / "metrics.json").read_text())
+        ZOO_DIR.mkdir(parents=True, exist_ok=True)
+        dst = ZOO_DIR / f"{name}.pt"
+        shutil.copyfile(out / "model.pt", dst)
+        model, meta = load_checkpoint(dst)
+        train = load_dataset(dataset, "train", data_root, limit=rec["attack_size"], seed=0, progress=False)
+        test = load_dataset(dataset, "test", data_root, progress=False)
+        res = make_attack(model, train, "alg2", None, eps=rec["eps"], beta=9.0, optimizer="pgd", epochs=10,
+                          seed=0, snapshot_every=0).run()
+        pfile = ZOO_DIR / f"{name}.delta.pt"
+        atomic_write(pfile, lambda tmp: torch.save(res.delta.clone(), tmp))
+        ev = evaluate(model, test.images, test.labels, res.delta, test.num_classes)
+        man = read_manifest()
+        man["models"][name] = {
+            "file": dst.name, "sha256": sha256(dst), "arch": meta["arch"], "dataset": dataset,
+            "algorithm": algo, "delta_rule": meta["training"].get("delta_rule"), "eps": rec["eps"],
+            "epochs": metrics["epochs"], "train_size": metrics["train_size"],
+            "clean_top1": metrics["clean_top1"], "robust_top1": metrics.get("robust_top1"),
+            "train_seconds": round(metrics["seconds"], 1), "passes": metrics.get("passes"),
+            "command": meta["training"].get("command"),
+            "perturbation": pfile.name, "perturbation_sha256": sha256(pfile),
+            "perturbed_top1": ev["perturbed_top1"], "perturbation_clean_top1": ev["clean_top1"],
+            "perturbation_attack": {"eps": rec["eps"], "beta": 9.0, "optimizer": "pgd", "epochs": 10,
+                                    "attack_size": len(train), "seed": 0},
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+            "built": _dt.date.today().isoformat(),
+        }
+        write_manifest(man)
+        print(f"{name}: clean {100 * ev['clean_top1']:.1f}%, with its δ {100 * ev['perturbed_top1']:.1f}% "
+              f"(report: robust {100 * (metrics.get('robust_top1') or 0):.1f}%)", flush=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m uat_core.zoo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="train and ship the zoo models of a dataset (resumes)")
+    b.add_argument("--dataset", default="digits", help="digits | cifar10")
+    b.add_argument("--only", default=None, help="comma-separated subset, e.g. natural,lowcost")
+    b.add_argument("--data-root", default=None, help="CIFAR-10 location (default $UAT_DATA)")
+    r = sub.add_parser("report", help="attack every zoo model, build the transfer matrix, write docs/results.md")
+    r.add_argument("--dataset", default="cifar10", help="digits | cifar10")
+    r.add_argument("--data-root", default=None, help="CIFAR-10 location (default $UAT_DATA)")
+    r.add_argument("--attack-size", type=int, default=None, help="training images per attack (default 5000; digits all)")
+    r.add_argument("--out", default=str(ROOT / "docs" / "results.md"), help="the Markdown file to write")
+    sub.add_parser("list", help="print the manifest")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "build":
+            if args.dataset not in RECIPES:
+                raise UATError(f"unknown zoo dataset '{args.dataset}': choose digits or cifar10")
+            build(args.dataset, args.only.split(",") if args.only else None, args.data_root)
+        elif args.cmd == "report":
+            from .report import write_report
+            write_report(args.dataset, args.data_root, args.attack_size, Path(args.out))
+        else:
+            for m in list_models():
+                print(f"{m['name']:32s} clean {100 * m['clean_top1']:5.1f}%  robust "
+                      f"{100 * (m.get('robust_top1') or 0):5.1f}%  {m['train_seconds']:7.1f} s")
+    except UATError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as e:
+        print(f"error: training failed (exit {e.returncode}); rerun the same command to resume", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

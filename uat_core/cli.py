@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--optimizer", default="pgd", help="sgd | msgd | pgd (sign gradient) | adam")
     a.add_argument("--norm", default="linf", help="linf | l2")
     a.add_argument("--step-size", type=float, default=None,
-                   help="τ in 0-255 units (default per optimizer: pgd 1, adam 1, msgd 200, sgd 2000)")
+                   help="τ in 0-255 units (default: pgd and adam ε/10, msgd 25·ε, sgd 250·ε per unit gradient)")
     a.add_argument("--step-decay", type=float, default=1.0, help="τ is multiplied by this after every epoch")
     a.add_argument("--epochs", type=int, default=10, help="passes over the attack set (idf: cap on passes)")
     a.add_argument("--batch-size", type=int, default=128, help="attack minibatch size")

@@ -38,10 +38,10 @@ from ..models import frozen
 
 OPTIMIZERS = ("sgd", "msgd", "pgd", "adam")
 
-# Default step size τ per optimizer, in 0-255 units (see the docstring for what τ means for each).
-# Chosen on the digits and CIFAR-10 models of this project so that each optimizer is at its best
-# within 10 epochs; the optimizer-race page and notebook compare them at these values.
-DEFAULT_STEP = {"pgd": 1.0, "adam": 1.0, "sgd": 2000.0, "msgd": 200.0}
+# Default step size τ per optimizer as a multiple of ε (τ = DEFAULT_STEP[opt] · ε, 0-255 units; see the
+# docstring for what τ means for each). pgd/adam reach the boundary of the ball in ~10 steps; sgd/msgd
+# factors were chosen on this project's digits models (0-255 units per unit gradient of the mean loss).
+DEFAULT_STEP = {"pgd": 0.1, "adam": 0.1, "sgd": 250.0, "msgd": 25.0}
 
 
 @dataclass
@@ -50,7 +50,7 @@ class AttackConfig:
     beta: float = 9.0             # clip of the per-image CE; math.inf = plain CE
     optimizer: str = "pgd"        # sgd | msgd | pgd | adam
     norm: str = "linf"            # linf | l2
-    step_size: float | None = None  # τ in 0-255 units; None = DEFAULT_STEP[optimizer]
+    step_size: float | None = None  # τ in 0-255 units; None = DEFAULT_STEP[optimizer] · eps
     step_decay: float = 1.0       # τ multiplied by this after every epoch (1 = constant)
     epochs: int = 10              # passes over the attack set
     batch_size: int = 128
@@ -77,7 +77,7 @@ class AttackConfig:
     @property
     def tau(self) -> float:
         """τ in 0-255 units."""
-        return self.step_size if self.step_size is not None else DEFAULT_STEP[self.optimizer]
+        return self.step_size if self.step_size is not None else DEFAULT_STEP[self.optimizer] * self.eps
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -11,6 +11,7 @@ A checkpoint is a plain dict of tensors, strings and numbers, so it loads with
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -42,14 +43,22 @@ def save_checkpoint(path, model: Normalized, meta: dict, extra: dict | None = No
 def read_checkpoint(path) -> dict:
     """Load and validate the dict (no model built). Foreign or corrupt files give a one-line UATError."""
     path = Path(path)
+    if path.is_dir():
+        raise UATError(f"checkpoint {path} is a folder, not a model file (a model.pt written by 'train')")
     if not path.is_file():
         raise UATError(f"checkpoint {path} not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():          # torch warns about foreign pickles; our error says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UATError(f"{path} is not a readable UAT Lab checkpoint ({type(e).__name__})") from None
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT or "state_dict" not in obj:
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT or not isinstance(obj.get("state_dict"), dict):
         raise UATError(f"{path} is not a UAT Lab model checkpoint")
+    meta = obj.get("meta")
+    need = ("arch", "num_classes", "in_channels", "mean", "std", "dataset")
+    if not isinstance(meta, dict) or any(k not in meta for k in need):
+        raise UATError(f"{path} is a UAT Lab checkpoint with incomplete metadata (needs {', '.join(need)})")
     return obj
 
 

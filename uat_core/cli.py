@@ -48,11 +48,18 @@ def _common(p: argparse.ArgumentParser, out_help: str):
                    help="evaluate on this many test images (stratified, seeded; default: the whole test split)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is a one-line UATError (main prints "error: ..." and returns 2)."""
+
+    def error(self, message):
+        raise UATError(f"{message} (see '{self.prog} --help')")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m uat_core", epilog=EXAMPLES,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 description="UAT Lab: universal perturbations (Alg. 1, Alg. 2) and universal "
-                                             "adversarial training (Alg. 3, Alg. 4) of Shafahi et al., AAAI 2020.")
+    ap = _Parser(prog="python -m uat_core", epilog=EXAMPLES,
+                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                 description="UAT Lab: universal perturbations (Alg. 1, Alg. 2) and universal "
+                             "adversarial training (Alg. 3, Alg. 4) of Shafahi et al., AAAI 2020.")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="{train,attack,eval}")
 
     t = sub.add_parser("train", help="train a model (natural, uat, lowcost, fgsm, pgd)",
@@ -117,9 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv
     try:
+        args = build_parser().parse_args(argv)
+        args.argv = argv
         return {"train": cmd_train, "attack": cmd_attack, "eval": cmd_eval}[args.cmd](args)
     except UATError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -149,7 +156,7 @@ def _grid(model, test, delta, device, n=16):
 
 
 def cmd_attack(args) -> int:
-    from .attacks import AttackConfig, IDFConfig
+    from .attacks import OPTIMIZERS, AttackConfig, IDFConfig
     from .checkpoint import load_checkpoint
     from .data import dataset_info
     from .device import pick_device
@@ -161,6 +168,10 @@ def cmd_attack(args) -> int:
     # --- validate everything before any work
     if args.method not in ("alg2", "idf"):
         raise UATError(f"unknown method '{args.method}': choose alg2 or idf")
+    if args.optimizer not in OPTIMIZERS:                  # checked for idf too: a typo is never ignored
+        raise UATError(f"unknown optimizer '{args.optimizer}': choose {', '.join(OPTIMIZERS)}")
+    if args.method == "idf" and args.target is not None:
+        raise UATError("--target needs --method alg2: iDeepFool (Alg. 1) is untargeted")
     if args.method == "alg2":
         cfg = dict(eps=args.eps, beta=args.beta, optimizer=args.optimizer, norm=args.norm,
                    step_size=args.step_size, step_decay=args.step_decay, epochs=args.epochs,

@@ -42,14 +42,22 @@ def beta_sweep(model, train: ImageData, test: ImageData, betas=(1, 3, 5, 9, 15, 
 
 
 def datasize_sweep(model, train: ImageData, test: ImageData, sizes=(50, 100, 250, 500, 1000), repeats: int = 2,
-                   device=None, **cfg) -> Iterator[dict]:
-    """Fig. 6: accuracy under attack against the number of images the attack sees."""
+                   device=None, steps: int | None = None, **cfg) -> Iterator[dict]:
+    """Fig. 6: accuracy under attack against the number of images the attack sees.
+
+    With ``steps`` every size gets about the same number of ascent steps (epochs = ⌈steps / minibatches
+    per epoch⌉), so that a small attack set is not also a short run; otherwise ``epochs`` is fixed.
+    """
     for n in sizes:
+        kw = dict(cfg)
+        if steps:
+            per_epoch = math.ceil(min(n, len(train)) / kw.get("batch_size", 128))
+            kw["epochs"] = max(1, math.ceil(steps / per_epoch))
         for r in range(repeats):
             out = attack_and_eval(model, train.subset(n, seed=r), test, "alg2", device,
-                                  **{**cfg, "seed": r, "snapshot_every": 0})
+                                  **{**kw, "seed": r, "snapshot_every": 0})
             yield {"size": min(n, len(train)), "repeat": r, "perturbed_top1": out["perturbed_top1"],
-                   "clean_top1": out["clean_top1"], "seconds": out["seconds"]}
+                   "clean_top1": out["clean_top1"], "seconds": out["seconds"], "steps": out["steps"]}
 
 
 def summarize(rows: list[dict], key: str, value: str = "perturbed_top1") -> tuple[list, list, list]:
@@ -74,21 +82,27 @@ def optimizer_race(model, attack_set: ImageData, test: ImageData, optimizers=("s
 
 
 def idf_vs_alg2(model, attack_set: ImageData, test: ImageData, eps: float = 8.0, passes: int = 5,
-                device=None) -> dict:
-    """Table 2: iDeepFool and Alg. 2 on the same model and images, the same number of passes."""
+                device=None, **idf_options) -> dict:
+    """Table 2: iDeepFool and Alg. 2 on the same model and images, the same number of passes.
+
+    ``idf_options``: further IDFConfig fields (e.g. ``candidates``, ``max_iter``) for a quicker iDeepFool.
+    """
     out = {}
-    out["idf"] = attack_and_eval(model, attack_set, test, "idf", device, eps=eps, max_passes=passes, xi=1.0)
+    out["idf"] = attack_and_eval(model, attack_set, test, "idf", device,
+                                 **{"xi": 1.0, **idf_options, "eps": eps, "max_passes": passes})
     out["alg2"] = attack_and_eval(model, attack_set, test, "alg2", device, eps=eps, epochs=passes, beta=9.0)
     return out
 
 
 def transfer_matrix(models: dict, deltas: dict, test: ImageData, device=None) -> tuple[list, list, list]:
     """Accuracy of every model (columns) under every δ (rows). models/deltas: name -> model / δ."""
+    from .evaluation import predict
     rows = []
     src, dst = list(deltas), list(models)
-    for s in src:
-        rows.append([evaluate(models[d], test.images, test.labels, deltas[s], test.num_classes,
-                              device=device)["perturbed_top1"] for d in dst])
+    y = test.labels.cpu()
+    for s in src:                                   # perturbed top-1 only: no clean pass per cell
+        rows.append([(predict(models[d], test.images, deltas[s], device=device, topk=1)[0][:, 0] == y)
+                     .float().mean().item() for d in dst])
     return rows, src, dst
 
 

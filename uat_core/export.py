@@ -104,7 +104,12 @@ def save_perturbation(out: str | Path, delta: torch.Tensor, eps: float, snapshot
     δ must be finite (the callers check); ``eps`` in pixel units.
     """
     out = Path(out)
-    assert torch.isfinite(delta).all(), "refusing to write a non-finite perturbation"
+    if not torch.isfinite(delta).all():               # a real check (not an assert, which -O removes)
+        from .errors import UATError
+        raise UATError("the perturbation contains NaN or Inf: nothing was written")
+    if snapshots and not all(torch.isfinite(s[1] if isinstance(s, tuple) else s).all() for s in snapshots):
+        from .errors import UATError
+        raise UATError("a perturbation snapshot contains NaN or Inf: nothing was written")
     paths = {
         "pt": atomic_bytes(out / "perturbation.pt", pt_bytes(delta)),
         "npy": atomic_bytes(out / "perturbation.npy", npy_bytes(delta)),
@@ -124,7 +129,10 @@ def load_perturbation(path: str | Path, shape=None) -> torch.Tensor:
         if path.suffix == ".npy":
             d = torch.from_numpy(np.load(path, allow_pickle=False))
         else:
-            d = torch.load(path, map_location="cpu", weights_only=True)
+            import warnings
+            with warnings.catch_warnings():      # torch warns about foreign pickles; our error says it all
+                warnings.simplefilter("ignore")
+                d = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UATError(f"{path} is not a readable perturbation file ({type(e).__name__})") from None
     if not isinstance(d, torch.Tensor) or d.ndim != 3 or not d.is_floating_point():

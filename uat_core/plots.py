@@ -120,7 +120,8 @@ def transfer_heatmap(matrix, sources: list[str], targets: list[str],
                      title: str = "Transfer: accuracy of model (column) under δ made on model (row)") -> go.Figure:
     z = [[_pct(v) for v in row] for row in matrix]
     fig = go.Figure(go.Heatmap(z=z, x=targets, y=sources, colorscale="RdYlGn", zmin=0, zmax=100,
-                               text=[[f"{v:.1f}" for v in row] for row in z], texttemplate="%{text}",
+                               text=[["" if v is None else f"{v:.1f}" for v in row] for row in z],
+                               texttemplate="%{text}",
                                colorbar=dict(title="acc %")))
     fig.update_layout(title=title, xaxis_title="evaluated on", yaxis_title="δ made on", **LAYOUT)
     fig.update_yaxes(autorange="reversed")
@@ -152,3 +153,22 @@ def delta_figure(delta, eps: float, title: str = "δ, shown as δ/(2ε)+0.5") ->
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     return fig
+
+
+def refresh(target: go.Figure, source: go.Figure) -> None:
+    """Copy the traces and title of a freshly built ``source`` into ``target`` in place.
+
+    For live plots in notebooks: display ``go.FigureWidget(builder(...))`` once, then call
+    ``refresh(widget, builder(new_data))`` as a run advances. Traces are updated in place when their
+    number matches (no flicker), replaced otherwise.
+    """
+    if len(target.data) != len(source.data):
+        target.data = ()
+        target.add_traces(list(source.data))
+    else:
+        with target.batch_update():
+            for t, s in zip(target.data, source.data):
+                props = s.to_plotly_json()
+                props.pop("type", None)
+                t.update(props)
+    target.layout.title = source.layout.title

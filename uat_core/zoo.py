@@ -108,6 +108,29 @@ def load_zoo_perturbation(name: str) -> torch.Tensor:
     return load_perturbation(ZOO_DIR / man[name]["perturbation"])
 
 
+SLICE = 1000   # the fixed, stratified test slice (seed 0) the tests check the manifest against
+
+
+def slice_metrics(model, dataset: str, delta: torch.Tensor, data_root: str | None = None) -> dict:
+    """Clean and perturbed top-1 on the fixed test slice (all 500 test images for digits)."""
+    from .data import load_dataset
+    from .evaluation import evaluate
+    test = load_dataset(dataset, "test", data_root, limit=SLICE, seed=0, progress=False)
+    m = evaluate(model, test.images, test.labels, delta, test.num_classes)
+    return {"slice_size": len(test), "slice_clean_top1": m["clean_top1"], "slice_perturbed_top1": m["perturbed_top1"]}
+
+
+def refresh(dataset: str, data_root: str | None = None) -> None:
+    """Recompute the slice figures of every manifest entry of ``dataset`` (after a code change)."""
+    man = read_manifest()
+    for name, e in man["models"].items():
+        if e["dataset"] != dataset:
+            continue
+        model, _ = load_zoo_model(name)
+        e.update(slice_metrics(model, dataset, load_zoo_perturbation(name), data_root))
+    write_manifest(man)
+
+
 def _train(dataset: str, algo: str, data_root: str | None, extra: list[str]) -> Path:
     rec = RECIPES[dataset]
     name = zoo_name(dataset, algo)
@@ -171,7 +194,9 @@ def build(dataset: str, only: list[str] | None = None, data_root: str | None = N
             "perturbation": pfile.name, "perturbation_sha256": sha256(pfile),
             "perturbed_top1": ev["perturbed_top1"], "perturbation_clean_top1": ev["clean_top1"],
             "perturbation_attack": {"eps": rec["eps"], "beta": 9.0, "optimizer": "pgd", "epochs": 10,
+                                    "step_size": res.config["step_size"],
                                     "attack_size": len(train), "seed": 0},
+            **slice_metrics(model, dataset, res.delta, data_root),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
             "built": _dt.date.today().isoformat(),
         }
@@ -193,6 +218,9 @@ def main(argv=None) -> int:
     r.add_argument("--data-root", default=None, help="CIFAR-10 location (default $UAT_DATA)")
     r.add_argument("--attack-size", type=int, default=None, help="training images per attack (default 5000; digits all)")
     r.add_argument("--out", default=str(ROOT / "docs" / "results.md"), help="the Markdown file to write")
+    f = sub.add_parser("refresh", help="recompute the fixed-slice figures of the manifest")
+    f.add_argument("--dataset", default="digits", help="digits | cifar10")
+    f.add_argument("--data-root", default=None, help="CIFAR-10 location (default $UAT_DATA)")
     sub.add_parser("list", help="print the manifest")
     args = ap.parse_args(argv)
     try:
@@ -203,6 +231,8 @@ def main(argv=None) -> int:
         elif args.cmd == "report":
             from .report import write_report
             write_report(args.dataset, args.data_root, args.attack_size, Path(args.out))
+        elif args.cmd == "refresh":
+            refresh(args.dataset, args.data_root)
         else:
             for m in list_models():
                 print(f"{m['name']:32s} clean {100 * m['clean_top1']:5.1f}%  robust "

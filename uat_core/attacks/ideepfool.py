@@ -100,7 +100,9 @@ class IDeepFool(Run):
                     idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                     x = self.x[idx]
                     with torch.no_grad():
-                        pred = model(apply(x, v)).argmax(1)
+                        logits = model(apply(x, v))                           # (B,K)
+                    check_finite(logits, "the model's output (a broken checkpoint?)")
+                    pred = logits.argmax(1)
                     todo = (pred == clean[idx]).nonzero().squeeze(1)          # not fooled yet
                     moved = 0
                     if todo.numel():

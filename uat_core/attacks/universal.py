@@ -72,6 +72,8 @@ class AttackConfig:
             raise UATError(f"step decay must be in (0, 1], got {self.step_decay}")
         if self.epochs < 1 or self.batch_size < 1:
             raise UATError("epochs and batch size must be at least 1")
+        if self.snapshot_every < 0:
+            raise UATError(f"snapshot interval must be ≥ 0 (0 = only the last), got {self.snapshot_every}")
         return self
 
     @property
@@ -152,6 +154,8 @@ class UniversalAttack(Run):
                     logits = model(apply(x, delta))                        # (B,K)
                     loss = attack_objective(logits, y, cfg.beta, cfg.target)
                     g, = torch.autograd.grad(loss, delta)                  # (C,H,W) = E_batch ∇δ
+                    if not torch.isfinite(logits).all():                   # say which: model or step
+                        check_finite(logits, "the model's output (a broken checkpoint?)")
                     check_finite(g, "the gradient of the attack loss")
                     with torch.no_grad():
                         if opt is None:

@@ -1,0 +1,275 @@
+"""Notebook 3: the min-max problem (eq. 4); Alg. 3; before/after-ascent accuracy; attacking trained models;
+comparison with per-instance FGSM/PGD training."""
+from _build_notebooks import code, exercise, md, setup_cell, solution_code, solution_md
+
+NAME = "03_universal_adversarial_training.ipynb"
+
+
+def cells():
+    return [
+        md(r"""
+        # 3 · Universal adversarial training (Alg. 3)
+
+        Notebooks 1 and 2 attacked a fixed model. Now the model fights back: we train it **while** a universal
+        perturbation is being built against it. You will
+
+        1. write down the min-max problem (eq. 4) and Alg. 3;
+        2. train a model with Alg. 3 and watch the tug of war between the weights and δ, live;
+        3. attack trained models from the zoo with a **fresh** universal perturbation, the honest test;
+        4. compare with per-instance adversarial training (FGSM, PGD): cost and what each buys.
+        """),
+        setup_cell("""
+        if FAST:
+            TRAIN_SIZE, TEST_SIZE, TRAIN_EPOCHS, ATTACK_SIZE, ATTACK_EPOCHS = 256, 100, 1, 128, 1
+        elif USE_CIFAR:
+            TRAIN_SIZE, TEST_SIZE, TRAIN_EPOCHS, ATTACK_SIZE, ATTACK_EPOCHS = 5000, 2000, 2, 1000, 5
+        else:
+            TRAIN_SIZE, TEST_SIZE, TRAIN_EPOCHS, ATTACK_SIZE, ATTACK_EPOCHS = 1297, 500, 8, 1297, 10
+        """, imports="""
+        import torch.nn.functional as F
+        from uat_core.models import frozen
+        from uat_core.pipeline import make_attack, make_trainer, robustness_report
+        from uat_core.training import default_config_for
+        """),
+
+        md(r"""
+        ## 1. The min-max problem
+
+        Universal adversarial training asks for weights $w$ that do well against the **worst universal**
+        perturbation (eq. 4):
+
+        $$\min_{w}\ \max_{\|\delta\|_\infty \le \epsilon}\ \frac{1}{N}\sum_{i=1}^{N} \ell(w, x_i + \delta).$$
+
+        Compare per-instance adversarial training (Madry et al.), where every image gets its own worst case:
+
+        $$\min_{w}\ \frac{1}{N}\sum_{i=1}^{N}\ \max_{\|\delta_i\|_\infty \le \epsilon} \ell(w, x_i + \delta_i).$$
+
+        The inner maximum of the per-instance problem has to be solved afresh for every minibatch (K gradient
+        steps for PGD-K). The universal inner problem has a single variable shared by all images, so δ can be
+        **carried over** from one minibatch to the next and improved by one cheap step each time.
+
+        ## 2. Alg. 3
+
+        Starting from $\delta = 0$, for every minibatch $B$:
+
+        $$\begin{aligned}
+        w &\leftarrow w - \alpha\, \nabla_w \tfrac{1}{|B|}\textstyle\sum_{i \in B} \ell(w, x_i + \delta)
+           && \text{(descent: train on the perturbed images)}\\
+        g &= \nabla_\delta \tfrac{1}{|B|}\textstyle\sum_{i \in B} \ell(w, x_i + \delta)
+           && \text{(with the updated } w\text{)}\\
+        \delta &\leftarrow \mathcal{P}_\epsilon\big(\delta + \epsilon\, \operatorname{sign}(g)\big)
+           && \text{(ascent: an FGSM-style step on } \delta\text{)}
+        \end{aligned}$$
+
+        The engine also offers an SGD step $\delta + \tau g$ and an ADAM step for δ (`delta_rule`); the zoo's
+        `uadam` model uses ADAM. Each step costs two forward and two backward passes, but the second backward
+        only needs the gradient with respect to the input (the weights are frozen for it).
+        """),
+
+        md(r"""
+        ## 3. Watching Alg. 3 train
+
+        The chart shows the minibatch accuracy with the current δ **before** the ascent step (what the weights
+        were just trained on) and, every few steps, **after** δ has been updated against the new weights. The
+        shaded gap is how much accuracy one ascent step wins back for the attacker: training closes it, δ
+        reopens it. Watch δ change as the model adapts.
+        """),
+        code(r"""
+        ARCH = MANIFEST[ZOO["natural"]]["arch"]
+        cfg = default_config_for(DATASET, ARCH, algorithm="uat", eps=EPS, epochs=TRAIN_EPOCHS, track_every=2,
+                                 snapshot_every=5, seed=0)
+        if USE_CIFAR:
+            cfg.schedule, cfg.lr = "onecycle", 0.2                  # the zoo's CIFAR-10 recipe
+        trainer = make_trainer(ARCH, train, cfg)
+        print(f"Alg. 3 on {len(train)} images: {ARCH}, {TRAIN_EPOCHS} epochs of {trainer.steps_per_epoch} "
+              f"steps, batch {cfg.batch_size}, ε = {EPS}")
+
+        tug = go.FigureWidget(plots.before_after_figure([]))
+        picture = go.FigureWidget(plots.delta_figure(torch.zeros(train.shape), EPS / 255, title="δ during training"))
+        display(tug, picture)
+        for ev in trainer:
+            if ev.kind == "step" and ev.step % 4 == 0:
+                plots.refresh(tug, plots.before_after_figure(trainer.history))
+            if ev.delta is not None:
+                plots.refresh(picture, plots.delta_figure(ev.delta, EPS / 255, title=f"δ at step {ev.step}"))
+        plots.refresh(tug, plots.before_after_figure(trainer.history))
+        trained = trainer.result.model
+        print(f"trained in {trainer.result.seconds:.1f} s; passes: {trainer.passes}")
+        """),
+        md(r"""
+        The δ that training carries along is *not* a fair measure of robustness: it was built against weights
+        that kept changing. The honest test freezes the trained model and builds a **fresh** universal
+        perturbation against it from scratch (Alg. 2), then measures test accuracy.
+        """),
+        code(r"""
+        t0 = time.perf_counter()
+        rep = robustness_report(trained, train, test, eps=EPS, attack_size=ATTACK_SIZE, epochs=ATTACK_EPOCHS)
+        print(f"our {TRAIN_EPOCHS}-epoch Alg. 3 model: clean {100 * rep['clean_top1']:.1f} %, under a fresh "
+              f"universal attack {100 * rep['robust_top1']:.1f} %  ({time.perf_counter() - t0:.0f} s)")
+        """),
+
+        md(r"""
+        ## 4. Attacking the zoo's models
+
+        The zoo holds fully trained models for each training algorithm (all at the same ε):
+
+        | algorithm | what it trains on | passes per step |
+        |---|---|---|
+        | `natural` | clean images | 1 forward + 1 backward |
+        | `uat` | Alg. 3, δ by sign steps | 2 + 2 (one input-only) |
+        | `uadam` | Alg. 3, δ by ADAM | 2 + 2 |
+        | `lowcost` | Alg. 4 (notebook 4) | 1 + 1 |
+        | `fgsm` | per-instance FGSM examples | 2 + 2 |
+        | `pgd` | per-instance PGD-K examples | (K+1) + (K+1) |
+
+        Each is attacked with a fresh Alg. 2 perturbation (same settings for all). We also measure a
+        **per-instance** FGSM attack, to see what each defence does *not* cover. "Recorded" is the number the
+        zoo measured when it built the model (its own attack settings, in the manifest).
+        """),
+        code(r"""
+        t0 = time.perf_counter()
+        ORDER = [a for a in ("natural", "uat", "uadam", "lowcost", "fgsm", "pgd") if a in ZOO]
+        if FAST:
+            ORDER = [a for a in ORDER if a in ("natural", "uat", "fgsm")]     # CI: three are enough
+
+        def fgsm_accuracy(model, data, eps: int, batch_size: int = 250) -> float:
+            '''Per-instance FGSM: every image gets its own x + ε·sign(∇x ℓ).'''
+            correct = 0
+            with frozen(model):
+                for x, y in data.batches(batch_size):
+                    x = x.requires_grad_(True)
+                    g, = torch.autograd.grad(F.cross_entropy(model(x), y), x)
+                    correct += (model((x + eps / 255 * g.sign()).clamp(0, 1)).argmax(1) == y).sum().item()
+            return correct / len(data)
+
+        bars = go.FigureWidget(plots.robustness_bars([], title="Zoo models: clean vs a fresh universal attack"))
+        display(bars)
+        models, zoo_rows, table = {}, [], []
+        for algo in ORDER:
+            name = ZOO[algo]
+            net, meta = zoo.load_zoo_model(name)
+            models[algo] = net
+            rep = robustness_report(net, train, test, eps=EPS, attack_size=ATTACK_SIZE, epochs=ATTACK_EPOCHS)
+            zoo_rows.append({"name": algo, "clean_top1": rep["clean_top1"], "robust_top1": rep["robust_top1"]})
+            plots.refresh(bars, plots.robustness_bars(zoo_rows, title="Zoo models: clean vs a fresh universal attack"))
+            entry, tr = MANIFEST[name], meta["training"]
+            steps = entry["epochs"] * (entry["train_size"] // tr["batch_size"])
+            passes = entry.get("passes") or {}
+            table.append({"model": name, "clean (%)": round(100 * rep["clean_top1"], 1),
+                          "universal attack, now (%)": round(100 * rep["robust_top1"], 1),
+                          "recorded (%)": round(100 * (entry.get("robust_top1") or float("nan")), 1),
+                          "per-instance FGSM (%)": round(100 * fgsm_accuracy(net, test, EPS), 1),
+                          "passes per step (F+B)": f"{passes.get('forward', 0) / steps:.0f}+{passes.get('backward', 0) / steps:.0f}",
+                          "train time (s)": entry.get("train_seconds")})
+        display(pd.DataFrame(table))
+        print(f"{len(ORDER)} models attacked in {time.perf_counter() - t0:.0f} s "
+              f"(attack: {ATTACK_SIZE} training images, {ATTACK_EPOCHS} epochs, ε = {EPS})")
+        """),
+        md(r"""
+        What to read in the table:
+
+        * **natural** collapses under a universal perturbation; the universally trained models (**uat**,
+          **uadam**, **lowcost**) keep much of their accuracy, at some cost in clean accuracy.
+        * The **per-instance FGSM** column shows the other side: universal training does not make a model
+          robust to attacks tailored to each image; it defends against the cheap, image-agnostic threat.
+        * The per-instance defences (**fgsm**, **pgd**) cost more per step. Check in your table whether they
+          also resist the universal attack; a model trained with one-step FGSM examples can learn to defeat
+          that one step without being robust to a multi-step attack.
+        * "now" and "recorded" differ when the attack settings differ (attack-set size, epochs) and because
+          every attack is a random process: treat a few points of difference as noise.
+        """),
+        code(r"""
+        deltas = {algo: zoo.load_zoo_perturbation(ZOO[algo]) for algo in ORDER}   # the δ shipped with each model
+        matrix, src, dst = experiments.transfer_matrix(models, deltas, test)
+        plots.transfer_heatmap(matrix, src, dst)
+        """),
+        md(r"""
+        The heatmap evaluates every model (columns) under the δ that was built against every model (rows).
+        The diagonal is each model under its own perturbation; off the diagonal, perturbations **transfer**
+        to other models to varying degrees.
+
+        ## 5. Try it yourself
+
+        Choose a zoo model and an attack budget ε (it need not be the training ε), and press **Attack**.
+        """),
+        code(r"""
+        model_w = widgets.Dropdown(options=ORDER, value=ORDER[0], description="model")
+        eps_w = widgets.IntSlider(value=EPS, min=1, max=3 * EPS, description="ε (/255)", continuous_update=False)
+        epochs_w = widgets.IntSlider(value=ATTACK_EPOCHS, min=1, max=3 * ATTACK_EPOCHS, description="epochs",
+                                     continuous_update=False)
+        button = widgets.Button(description="Attack", button_style="danger", icon="bolt")
+        live = go.FigureWidget(plots.attack_curve([]))
+        report = widgets.Output()
+        attack_set = train.subset(ATTACK_SIZE)
+
+        def try_model(algo: str, eps: int, epochs: int) -> dict:
+            run = make_attack(models[algo], attack_set, "alg2", eps=eps, beta=9.0, epochs=epochs, seed=0,
+                              snapshot_every=0)
+            for ev in run:
+                if ev.kind == "step" and ev.step % 5 == 0:
+                    plots.refresh(live, plots.attack_curve(run.history, title=f"Alg. 2 against {algo}, ε = {eps}"))
+            plots.refresh(live, plots.attack_curve(run.history, title=f"Alg. 2 against {algo}, ε = {eps}"))
+            m = evaluate(models[algo], test.images, test.labels, run.result.delta, test.num_classes)
+            with report:
+                report.clear_output()
+                print(f"{algo}, ε = {eps}: test accuracy {100 * m['clean_top1']:.1f} % -> {100 * m['perturbed_top1']:.1f} %")
+                display(export.delta_image(run.result.delta, eps / 255, scale=5))
+            return m
+
+        button.on_click(lambda _: try_model(model_w.value, eps_w.value, epochs_w.value))
+        display(widgets.HBox([model_w, eps_w, epochs_w, button]), report, live)
+        if FAST:                                                  # CI runs the callback once; nobody clicks there
+            try_model(ORDER[-1], eps_w.value, 1)
+        """),
+
+        md(r"""
+        ## Exercises
+
+        **1. Beyond the training budget.** The zoo's `uat` model was trained at ε. Attack it at 1.5ε and 2ε.
+        Does its robustness degrade gracefully or collapse? Compare with the natural model at the same budgets.
+        """),
+        exercise("Exercise 1"),
+        solution_code(r"""
+        for algo in [a for a in ("natural", "uat") if a in models]:
+            for e in ((EPS, 2 * EPS) if FAST else (EPS, 3 * EPS // 2, 2 * EPS)):
+                r = robustness_report(models[algo], train, test, eps=e, attack_size=ATTACK_SIZE, epochs=ATTACK_EPOCHS)
+                print(f"{algo:8s} ε = {e:3d}/255: {100 * r['robust_top1']:5.1f} %")
+        """),
+        solution_md(r"""
+        Robustness is bought for the budget used in training: beyond it the accuracy of the `uat` model falls,
+        usually gradually rather than all at once, and stays above the natural model's at the same ε.
+        """),
+        md(r"""
+        **2. Is the training δ the attacker's δ?** Compare the δ that Alg. 3 carried at the end of training
+        (`trainer.result.delta`) with the fresh attack's δ against the same trained model
+        (`rep["delta"]` from section 3): cosine similarity, and the test accuracy each one leaves.
+        """),
+        exercise("Exercise 2"),
+        solution_code(r"""
+        d_train, d_fresh = trainer.result.delta, rep["delta"]
+        cos = F.cosine_similarity(d_train.flatten(), d_fresh.flatten(), dim=0).item()
+        acc_train = evaluate(trained, test.images, test.labels, d_train, test.num_classes)["perturbed_top1"]
+        print(f"cosine similarity {cos:.2f}; test accuracy under the training δ {100 * acc_train:.1f} %, "
+              f"under the fresh δ {100 * rep['robust_top1']:.1f} %")
+        display(export.image_grid(torch.stack([(d_train / (2 * EPS / 255) + 0.5).clamp(0, 1),
+                                               (d_fresh / (2 * EPS / 255) + 0.5).clamp(0, 1)]),
+                                  scale=4, captions=["training δ", "fresh δ"]))
+        """),
+        solution_md(r"""
+        The training δ lags behind the weights (it was last updated against slightly different weights) and the
+        model has just been trained to resist it, so it is usually the weaker of the two; the fresh attack is
+        the measurement to report.
+        """),
+        md(r"""
+        **3. What does each defence cover?** Using the table of section 4, explain in two sentences why a
+        universally trained model can resist a universal δ yet fall to per-instance FGSM, and what that means
+        for choosing a defence.
+        """),
+        solution_md(r"""
+        A universal δ has to work for all images at once, so it can only exploit directions the model is
+        sensitive to *everywhere*; training against it removes those shared directions. A per-instance attack
+        can use each image's own weak directions, which universal training never saw. Choose the defence for
+        the threat: universal training is a cheap answer to image-agnostic perturbations (stickers, a fixed
+        noise pattern), not a substitute for per-instance adversarial training.
+        """),
+    ]

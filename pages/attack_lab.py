@@ -1,0 +1,181 @@
+"""Universal attack lab: Alg. 2 on one model, live, with every knob of the paper."""
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from uat_core import plots
+from uat_core.attacks.universal import DEFAULT_STEP
+from uat_core.evaluation import evaluate
+from uat_core.export import comparison_grid
+from webapp import live, state, ui
+from webapp import settings as S
+from webapp.jobs import page_job
+
+PAGE = "lab"
+ds = state.dataset()
+D = S.DATASET[ds]
+d = S.defaults(PAGE, ds)
+train = state.train_set(ds)
+test = state.test_set(ds, d["test_size"])
+
+ui.header("Universal attack lab",
+          "One perturbation δ, added to **every** image, built by stochastic gradient ascent on a few hundred "
+          "training images (Alg. 2). Set the budget on the left and press **Run**: the accuracy curve and δ "
+          "grow step by step; the test accuracy under δ comes at the end.", "Alg. 2, eq. (3), Figs. 2-3")
+
+# ---- settings ------------------------------------------------------------------------------------------
+sb = st.sidebar
+sb.header("Attack settings")
+picked = ui.model_select(PAGE, ds, sb)
+norm = sb.radio("Norm", ["linf", "l2"], format_func={"linf": "ℓ∞", "l2": "ℓ2"}.get, horizontal=True,
+                **ui.w(PAGE, "norm"))
+if norm == "linf":
+    eps = sb.slider("ε (0-255 units)", 0, 32, d["eps"], help=D["why_eps"], **ui.w(PAGE, "eps"))
+else:
+    eps = sb.slider("ε, ℓ2 radius (0-255 units)", 0, D["eps_l2_max"], D["eps_l2"], step=16,
+                    help="‖δ‖₂ ≤ ε/255 with images in [0, 1].", **ui.w(PAGE, "eps2"))
+beta = sb.select_slider("β (clip of the per-image loss)", S.BETAS, d["beta"], format_func=S.fmt_beta,
+                        help="min(CE, β): images already fooled stop pulling on δ (eq. 3). ∞ = plain CE.",
+                        **ui.w(PAGE, "beta"))
+opt = sb.segmented_control("Optimizer", list(S.OPTIMIZERS), default=d["optimizer"], required=True,
+                           format_func=lambda o: S.OPT_LABEL[o].split(" ")[0], **ui.w(PAGE, "opt"))
+step = sb.number_input("Step size τ (0-255 units; empty = auto)", min_value=0.001, max_value=100000.0, value=None,
+                       placeholder=f"auto: {DEFAULT_STEP[opt]:g}·ε = {DEFAULT_STEP[opt] * max(eps, 0):g}",
+                       help="PGD/ADAM: about τ per pixel and step. SGD/MSGD: τ per unit gradient.",
+                       **ui.w(PAGE, "step"))
+epochs = sb.slider("Epochs (passes over the attack set)", 1, 20, d["epochs"], **ui.w(PAGE, "epochs"))
+size = sb.select_slider("Attack-set size (training images)", D["attack_sizes"], d["attack_size"],
+                        **ui.w(PAGE, "size"))
+classes = train.classes
+target = sb.selectbox("Target class", [None] + list(range(len(classes))),
+                      format_func=lambda t: "none (untargeted)" if t is None else f"{t}: {classes[t]}",
+                      **ui.w(PAGE, "target"))
+seed = sb.number_input("Seed", 0, 10_000, 0, **ui.w(PAGE, "seed"))
+
+s = {**d, "model": st.session_state.get(f"{PAGE}_model", "natural"), "norm": norm, "eps": eps,
+     "beta": float(beta), "optimizer": opt, "step_size": None if step is None else float(step),
+     "epochs": int(epochs), "attack_size": int(size), "target": target, "seed": int(seed)}
+key = S.key(PAGE, ds, picked.tag, s) if picked else None
+default_key = S.key(PAGE, ds, picked.tag, {**d, "model": s["model"]}) if picked else None
+steps_planned = s["epochs"] * math.ceil(min(s["attack_size"], len(train)) / 128)
+
+
+def make_job():
+    def done(job, key=key, s=s, private=picked.private):
+        res = job.result
+        state.remember(PAGE, key, s, res, private, complete=not res["stopped"])
+    job = page_job(PAGE, s, train, test, model=picked.model, device=state.device(), on_done=done)
+    job.state.update(eps=eps, norm=norm)
+    return job
+
+
+if eps == 0:
+    sb.warning("ε = 0 leaves the images unchanged: pick ε > 0 to attack.")
+live.controls(PAGE, make_job, disabled=picked is None or eps == 0,
+              help=f"{steps_planned} steps of Alg. 2 on {min(size, len(train))} images, then {len(test)} test images")
+sb.caption(f"{steps_planned} steps · test accuracy on {len(test)} {ds} test images")
+
+with st.expander("How Alg. 2 works", expanded=False):
+    st.latex(r"\max_{\|\delta\|_\infty\le\epsilon}\ \frac1N\sum_{i=1}^N \min\big(\ell(f(x_i+\delta),y_i),\ \beta\big)")
+    st.markdown("Each step takes a minibatch, computes the gradient of the clipped loss with respect to δ "
+                "(weights frozen), takes an ascent step with the chosen optimizer and projects δ back onto the "
+                "ε-ball. PGD uses the sign of the gradient: "
+                r"$\delta \leftarrow \Pi_\epsilon\big(\delta + \tau\,\mathrm{sign}(\nabla_\delta)\big)$. "
+                "A targeted attack instead minimises the loss of the target class on every image.")
+
+# ---- live run ------------------------------------------------------------------------------------------
+def draw(job):
+    live.progress_line(job)
+    c1, c2 = st.columns([3, 1])
+    with c1:
+        st.plotly_chart(plots.attack_curve(job.state["history"], title="Live: minibatch accuracy and loss"),
+                        key="lab_live_curve")
+    with c2:
+        ui.delta_picture(job.state["delta"], job.state["eps"], f"δ after step {job.state.get('step', 0)}",
+                         norm=job.state["norm"])
+
+
+job = live.panel(PAGE, draw)
+if job is not None and not job.done:
+    st.stop()
+
+
+# ---- result --------------------------------------------------------------------------------------------
+@st.cache_data(show_spinner="Evaluating the shipped perturbation …", max_entries=16)
+def shipped_result(ds: str, algo: str, sha: str, test_size: int) -> dict:
+    """The zoo model's own shipped δ on the test images (when nothing has been computed yet)."""
+    p = state.zoo_model(ds, algo)
+    delta = state.zoo_delta(ds, algo)
+    t = state.test_set(ds, test_size)
+    m = evaluate(p.model, t.images, t.labels, delta, t.num_classes, device=state.device())
+    from webapp.jobs import preview
+    return {"metrics": m, "delta": delta, "history": [], "snapshots": [(0, delta)], "seconds": None, "steps": None,
+            "stopped": False, "config": p.entry.get("perturbation_attack", {}),
+            "preview": preview(p.model, t, delta, device=state.device())}
+
+
+if picked is None:
+    st.stop()
+shown = state.find(PAGE, ds, key, default_key)
+if shown.kind == "none" and picked.entry and picked.entry.get("perturbation") and state.zoo_delta(ds, s["model"]) is not None:
+    res = shipped_result(ds, s["model"], picked.entry["sha256"], d["test_size"])
+    a = picked.entry.get("perturbation_attack", {})
+    st.info(f"Showing the perturbation shipped with this zoo model (Alg. 2, ε = {a.get('eps')}, β = {a.get('beta')}, "
+            f"{a.get('epochs')} epochs on {a.get('attack_size')} images). Press **Run** to build one live.",
+            icon=":material/inventory_2:")
+    shown_key = f"{PAGE}|{ds}|shipped:{picked.tag}|{{}}"
+elif shown.kind == "none":
+    st.info("No result for these settings yet: press **Run**.")
+    st.stop()
+else:
+    res, shown_key = shown.result, shown.key
+    ui.shown_note(shown)
+    if res.get("stopped"):
+        st.warning(f"This run was stopped after {res['steps']} steps: the numbers are for the partial δ.")
+
+ss = S.settings_of(shown_key) if shown.kind != "none" else {}
+res_eps = float(ss.get("eps", eps)) if ss else float(picked.entry.get("eps", eps))
+res_norm = ss.get("norm", "linf")
+m = res["metrics"]
+st.subheader("Result on the test images")
+ui.attack_metrics(m, res.get("seconds"), res.get("steps"))
+if "target_rate" in m:
+    st.metric("Target rate", ui.pct(m["target_rate"]), help="Share of test images (outside the target class) "
+              "now classified as the target")
+
+c1, c2 = st.columns([3, 2])
+with c1:
+    if res["history"]:
+        st.plotly_chart(plots.attack_curve(res["history"]), key="lab_curve")
+    else:
+        st.plotly_chart(plots.per_class_bars(classes, m["per_class_clean"], m["per_class_perturbed"],
+                                             "Per-class test accuracy, clean vs with δ"), key="lab_classes_top")
+with c2:
+    snaps = res.get("snapshots") or [(0, res["delta"])]
+    steps_avail = [int(st_) for st_, _ in snaps]
+    if len(snaps) > 1:
+        frame = st.select_slider("Frame: δ after step", steps_avail, steps_avail[-1],
+                                 key=f"lab_frame_{abs(hash(shown_key)) % 10 ** 8}_{len(snaps)}")
+        delta_at = dict((int(a), b) for a, b in snaps)[frame]
+    else:
+        frame, delta_at = steps_avail[-1], res["delta"]
+    ui.delta_picture(delta_at, res_eps, f"δ after step {frame} (grey = 0, black = −ε, white = +ε)", size=256,
+                     norm=res_norm)
+
+st.subheader("Clean vs perturbed test images")
+pv = res.get("preview")
+if pv:
+    n = pv["n"]
+    grid = comparison_grid(test.float_images(slice(0, n)), res["delta"], classes, pv["clean_pred"], pv["pert_pred"],
+                           test.labels[:n], pv["pert_conf"], scale=3 if ds == "cifar10" else 3, ncol=8)
+    st.image(grid, caption="Top: clean, with the predicted label. Bottom: the same image + δ, with the predicted "
+                           "label and its confidence. Red = wrong.", width="content")
+if res["history"]:
+    st.plotly_chart(plots.per_class_bars(classes, m["per_class_clean"], m["per_class_perturbed"],
+                                         "Per-class test accuracy, clean vs with δ"), key="lab_classes")
+
+st.subheader("Downloads")
+stem = f"delta_{ds}_{s['model']}_eps{res_eps:g}"
+ui.downloads(shown_key, res, ui.picture_eps(res["delta"], res_eps, res_norm), stem)

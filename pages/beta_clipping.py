@@ -1,0 +1,129 @@
+"""β clipping (paper Fig. 5): accuracy under attack against the clip β of the per-image loss."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import streamlit as st
+
+from uat_core import plots
+from uat_core.experiments import summarize
+from webapp import live, state, ui
+from webapp import settings as S
+from webapp.jobs import beta_points, page_job
+
+PAGE = "beta"
+ds = state.dataset()
+D = S.DATASET[ds]
+d = S.defaults(PAGE, ds)
+train = state.train_set(ds)
+test = state.test_set(ds, d["test_size"])
+
+ui.header("β clipping",
+          "Alg. 2 maximises the cross-entropy **clipped at β**. Each point below is a full attack (PGD, sign "
+          "gradient by default) built on a random subset of training images and measured on the test images; the error "
+          "bars are the spread over the random subsets. Lower accuracy = stronger attack.", "Fig. 5, eq. (3)")
+
+sb = st.sidebar
+sb.header("Sweep settings")
+picked = ui.model_select(PAGE, ds, sb, upload=True)
+eps = sb.slider("ε (0-255 units)", 1, 32, d["eps"], help=D["why_eps"], **ui.w(PAGE, "eps"))
+betas = sb.multiselect("β values", S.BETAS, d["betas"], format_func=S.fmt_beta, **ui.w(PAGE, "betas"))
+repeats = sb.slider("Random attack subsets per β", 1, 5, d["repeats"], **ui.w(PAGE, "repeats"))
+size = sb.select_slider("Attack-set size", D["attack_sizes"], d["attack_size"], **ui.w(PAGE, "size"))
+epochs = sb.slider("Epochs per attack", 1, 10, d["epochs"], **ui.w(PAGE, "epochs"))
+opt = sb.segmented_control("Optimizer", list(S.OPTIMIZERS), default=d["optimizer"], required=True,
+                           format_func=lambda o: S.OPT_LABEL[o].split(" ")[0], **ui.w(PAGE, "opt"))
+
+betas = sorted(float(b) for b in betas)
+s = {**d, "model": st.session_state.get(f"{PAGE}_model", "natural"), "eps": eps, "betas": betas,
+     "repeats": int(repeats), "attack_size": int(size), "epochs": int(epochs), "optimizer": opt}
+key = S.key(PAGE, ds, picked.tag, s) if picked else None
+default_key = S.key(PAGE, ds, picked.tag, {**d, "model": s["model"]}) if picked else None
+
+
+def make_job():
+    def done(job, key=key, s=s, private=picked.private):
+        state.remember(PAGE, key, s, job.result, private, complete=job.result["complete"])
+    return page_job(PAGE, s, train, test, model=picked.model, device=state.device(), on_done=done)
+
+
+n_attacks = len(beta_points(s))
+live.controls(PAGE, make_job, disabled=picked is None or not betas,
+              help=f"{n_attacks} attacks, each on {size} images for {epochs} epochs")
+sb.caption(f"{n_attacks} attacks · accuracy on {len(test)} test images")
+
+with st.expander("Why clipping helps", expanded=True):
+    c1, c2 = st.columns([2, 3])
+    c1.latex(r"\hat\ell_\beta(x_i+\delta) = \min\big(\ell(f(x_i+\delta), y_i),\ \beta\big)")
+    c2.markdown(
+        "The cross-entropy of an image that is already misclassified keeps growing as δ pushes it further. "
+        "With plain cross-entropy (β = ∞) those few images dominate the average gradient, and δ keeps pushing "
+        "them deeper instead of fooling new ones. Clipping caps each image's say: once its loss passes β its "
+        "gradient is zero, so the ascent spends the budget on the images still classified correctly. Clip too "
+        "early (small β) and images stop pulling before they are reliably fooled.")
+
+
+def figure(rows, clean):
+    xs, means, stds = summarize(rows, "x")
+    fig = plots.sweep_figure([S.fmt_beta(x) for x in xs], means, stds, x_title="β (clip of the per-image loss)",
+                             title="Test accuracy under the universal perturbation")
+    if clean is not None:
+        fig.add_hline(y=100 * clean, line_dash="dot", line_color=plots.PALETTE["natural"],
+                      annotation_text=f"clean {100 * clean:.1f}%", annotation_position="top right")
+    fig.update_yaxes(range=[0, 105])
+    return fig, xs, means, stds
+
+
+def draw(job):
+    live.progress_line(job)
+    rows = job.state.get("rows", [])
+    c1, c2 = st.columns(2)
+    with c1:
+        if rows:
+            st.plotly_chart(figure(rows, job.state.get("clean_top1"))[0], key="beta_live_sweep")
+        else:
+            st.info("The first point appears when the first attack is done.")
+    with c2:
+        if job.state.get("history"):
+            st.plotly_chart(plots.attack_curve(job.state["history"], title=f"Now: {job.state.get('phase', '')}"),
+                            key="beta_live_curve")
+
+
+job = live.panel(PAGE, draw)
+if job is not None and not job.done:
+    st.stop()
+if picked is None:
+    st.stop()
+
+shown = state.find(PAGE, ds, key, default_key)
+if shown.kind == "none":
+    st.info("No result for these settings yet: press **Run** (on the left).")
+    st.stop()
+ui.shown_note(shown)
+res = shown.result
+if not res.get("complete", True):
+    st.warning("This sweep was stopped early: only the finished attacks are shown.")
+rows = res["rows"]
+if not rows:
+    st.stop()
+fig, xs, means, stds = figure(rows, res.get("clean_top1"))
+best = min(range(len(xs)), key=lambda i: means[i])
+inf_i = next((i for i, x in enumerate(xs) if math.isinf(x)), None)
+c = st.columns(4)
+c[0].metric("Clean top-1", ui.pct(res.get("clean_top1")), border=True)
+c[1].metric("Strongest β", S.fmt_beta(xs[best]), border=True, help="The β whose attacks leave the lowest accuracy")
+c[2].metric(f"Accuracy at β = {S.fmt_beta(xs[best])}", ui.pct(means[best]), border=True)
+if inf_i is not None:
+    c[3].metric("Accuracy at β = ∞ (plain CE)", ui.pct(means[inf_i]), f"{100 * (means[inf_i] - means[best]):+.1f} pp",
+                delta_color="inverse", border=True, help="How much weaker the unclipped attack is")
+st.plotly_chart(fig, key="beta_sweep")
+table = pd.DataFrame({"β": [S.fmt_beta(x) for x in xs], "accuracy under attack (%)": [100 * m for m in means],
+                      "std (%)": [100 * v for v in stds],
+                      "attacks": [sum(1 for r in rows if r["x"] == x) for x in xs]})
+st.dataframe(table, hide_index=True, column_config={
+    "accuracy under attack (%)": st.column_config.NumberColumn(format="%.1f"),
+    "std (%)": st.column_config.NumberColumn(format="%.1f")})
+secs = sum(r["seconds"] for r in rows)
+st.caption(f"{len(rows)} attacks, {secs:.0f} s of computation in all; each on {rows[0]['size']} training images "
+           f"for {rows[0]['steps']} steps; accuracy on {len(test)} test images.")

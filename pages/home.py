@@ -1,0 +1,110 @@
+"""Home: the idea in a few lines and one picture, what data and models are in use, the way to the pages."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from uat_core import export
+from webapp import state, ui
+from webapp import settings as S
+from webapp.jobs import preview
+
+ds = state.dataset()
+D = S.DATASET[ds]
+
+st.title("UAT Lab")
+st.markdown("#### One tiny pattern fools a classifier on almost every image, and how to train it away.")
+st.caption("An interactive companion to Shafahi, Najibi, Xu, Dickerson, Davis and Goldstein, *Universal "
+           "Adversarial Training*, AAAI 2020 ([arXiv:1811.11304](https://arxiv.org/abs/1811.11304)).")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def hero(ds: str, sha: str, n: int = 8) -> tuple[bytes, bytes, dict]:
+    """The natural zoo model's shipped δ, and the first test images clean and with δ, as PNGs."""
+    p = state.zoo_model(ds, "natural")
+    delta = state.zoo_delta(ds, "natural")
+    t = state.test_set(ds, D["test_size"])
+    pv = preview(p.model, t, delta, n=n, device=state.device())
+    grid = export.comparison_grid(t.float_images(slice(0, n)), delta, t.classes, pv["clean_pred"], pv["pert_pred"],
+                                  t.labels[:n], pv["pert_conf"], scale=3, ncol=n)
+    eps = float(p.entry["eps"]) / 255
+    return (export.png_bytes(export.delta_image(delta, eps, 6)), export.png_bytes(grid),
+            {"clean": sum(int(a == b) for a, b in zip(pv["clean_pred"], t.labels[:n].tolist())),
+             "pert": sum(int(a == b) for a, b in zip(pv["pert_pred"], t.labels[:n].tolist())), "n": n})
+
+
+left, right = st.columns([5, 4], gap="large")
+with left:
+    st.markdown("**A universal perturbation** is a single pattern δ, the same for every image, that makes a "
+                "classifier wrong on most of them. Alg. 2 finds it by gradient ascent on a *clipped* loss, so "
+                "images that are already fooled stop pulling on δ:")
+    st.latex(r"\max_{\|\delta\|_\infty\le\epsilon}\ \frac1N\sum_{i} \min\big(\ell(f(x_i+\delta),y_i),\ \beta\big)")
+    st.markdown("**Universal adversarial training** makes the network robust to it: a min-max game between "
+                "the weights and one δ, both updated on every minibatch (Alg. 3), or both from one "
+                "backward pass, at the cost of natural training (Alg. 4, *low-cost*):")
+    st.latex(r"\min_\theta\ \max_{\|\delta\|_\infty\le\epsilon}\ \frac1N\sum_i \ell\big(f_\theta(x_i+\delta),y_i\big)")
+zoo = state.zoo(ds)
+with right:
+    if "natural" in zoo and state.zoo_delta(ds, "natural") is not None:
+        e = zoo["natural"]
+        dpng, gpng, cnt = hero(ds, e["sha256"])
+        c1, c2 = st.columns([1, 2])
+        c1.image(dpng, caption=f"δ of the natural model, ε = {e['eps']}/255 (grey = 0)", width="stretch")
+        c2.markdown(f"The natural model is right on **{ui.pct(e['clean_top1'])}** of the {ds} test images and "
+                    f"on only **{ui.pct(e.get('perturbed_top1'))}** once this δ is added to all of them. "
+                    f"A model trained with UAT keeps "
+                    f"**{ui.pct(zoo['uat'].get('perturbed_top1')) if 'uat' in zoo else '–'}** under its own δ.")
+        st.image(gpng, caption="Top: test images and the natural model's predictions. Bottom: the same images "
+                               "+ δ (red = wrong, with the model's confidence).", width="stretch")
+
+st.divider()
+c1, c2 = st.columns(2, gap="large")
+with c1:
+    st.subheader("Data in use")
+    src = state.cifar_source()
+    if ds == "cifar10":
+        st.success(f"**CIFAR-10**, read from {src}. Test accuracy is measured on a fixed stratified "
+                   f"subset of {D['test_size']:,} test images to keep the pages quick.", icon=":material/image:")
+    else:
+        why = "" if src is None else " (CIFAR-10 is available: switch in the sidebar)"
+        st.warning(f"**Digits**: scikit-learn's bundled 8x8 handwritten digits, upsampled to 32x32 "
+                   f"(1,297 training and 500 test images), the offline fallback{why}. "
+                   f"Budgets use ε = 32/255 here: {D['why_eps']}", icon=":material/draw:")
+        if src is None:
+            st.caption("CIFAR-10 is not on this machine: set `UAT_DATA` to a CIFAR-10 folder (ImageFolder with "
+                       "train/ and test/, or a torchvision root) or start with `streamlit run app.py -- "
+                       "--data-root DIR`.")
+with c2:
+    st.subheader(f"Models in use ({ds} zoo)")
+    if zoo:
+        rows = [{"model": S.ALGO_LABEL.get(a, a), "architecture": e["arch"], "epochs": e.get("epochs"),
+                 "clean top-1": 100 * e["clean_top1"],
+                 "under its own δ": None if e.get("perturbed_top1") is None else 100 * e["perturbed_top1"],
+                 "train s": e.get("train_seconds")} for a, e in zoo.items()]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+            "clean top-1": st.column_config.NumberColumn(format="%.1f%%"),
+            "under its own δ": st.column_config.NumberColumn(format="%.1f%%",
+                                                             help="Alg. 2 against that model, ε as trained"),
+            "train s": st.column_config.NumberColumn("train (s)", format="%.0f")})
+        st.caption("Shipped in `assets/models` with their perturbations; `python -m uat_core.zoo list` prints "
+                   "the same table.")
+    else:
+        st.error(f"No {ds} models in the zoo yet: build them with `python -m uat_core.zoo build --dataset {ds}`.")
+
+st.divider()
+st.subheader("The pages")
+links = [
+    ("pages/attack_lab.py", "Universal attack lab", "build δ live with every knob: ε, β, optimizer, norm, target"),
+    ("pages/beta_clipping.py", "β clipping", "why clipping the loss makes a stronger attack (Fig. 5)"),
+    ("pages/optimizer_race.py", "Optimizer race", "SGD, MSGD, ADAM and PGD on the same data (Figs. 2-3)"),
+    ("pages/idf_vs_alg2.py", "iDeepFool vs Alg. 2", "the older attack against the new one: time and accuracy (Table 2)"),
+    ("pages/data_size.py", "How much data", "how many images an attack needs (Fig. 6)"),
+    ("pages/uat_training.py", "Universal adversarial training", "train natural, UAT and low-cost live (Alg. 3/4, Table 1)"),
+    ("pages/transfer.py", "Transfer", "does model A's δ fool model B?"),
+]
+cols = st.columns(2)
+for i, (f, title, what) in enumerate(links):
+    with cols[i % 2]:
+        st.page_link(f, label=f"**{title}** — {what}", icon=":material/arrow_forward:")
+st.caption("Every page opens with a precomputed result; press Run to compute your own. Settings live in the "
+           "URL: copy it to share the exact view.")

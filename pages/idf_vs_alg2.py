@@ -1,0 +1,112 @@
+"""iDeepFool vs Alg. 2 (paper Table 2): the same model and images; time and accuracy for both."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from uat_core import plots
+from webapp import live, state, ui
+from webapp import settings as S
+from webapp.jobs import page_job
+
+PAGE = "idf"
+NAMES = {"idf": "iDeepFool (Alg. 1)", "alg2": "Alg. 2 (PGD, β = 9)"}
+ds = state.dataset()
+D = S.DATASET[ds]
+d = S.defaults(PAGE, ds)
+train = state.train_set(ds)
+test = state.test_set(ds, d["test_size"])
+
+ui.header("iDeepFool vs Alg. 2",
+          "The original universal perturbation (Moosavi-Dezfooli et al., 2017) runs DeepFool on every image "
+          "that is not fooled yet and folds its minimal step into δ (Alg. 1, *iDeepFool*): many backward passes "
+          "per image. Alg. 2 takes one gradient step per minibatch. Both run here on the same model and the "
+          "same training images; the clock counts computation only.", "Table 2")
+
+sb = st.sidebar
+sb.header("Settings")
+picked = ui.model_select(PAGE, ds, sb)
+eps = sb.slider("ε (0-255 units)", 1, 32, d["eps"], help=D["why_eps"], **ui.w(PAGE, "eps"))
+size = sb.select_slider("Attack-set size (both methods)", [32, 64, 128, 256, 500], d["attack_size"],
+                        **ui.w(PAGE, "size"))
+passes = sb.slider("iDeepFool passes over the images", 1, 5, d["idf_passes"], **ui.w(PAGE, "passes"))
+epochs = sb.slider("Alg. 2 epochs", 1, 20, d["alg2_epochs"], **ui.w(PAGE, "epochs"))
+s = {**d, "model": st.session_state.get(f"{PAGE}_model", "natural"), "eps": eps, "attack_size": int(size),
+     "idf_passes": int(passes), "alg2_epochs": int(epochs)}
+key = S.key(PAGE, ds, picked.tag, s) if picked else None
+default_key = S.key(PAGE, ds, picked.tag, {**d, "model": s["model"]}) if picked else None
+
+
+def make_job():
+    def done(job, key=key, s=s, private=picked.private):
+        complete = not job.stopping and set(job.result) == {"idf", "alg2"}
+        state.remember(PAGE, key, s, job.result, private, complete=complete)
+    job = page_job(PAGE, s, train, test, model=picked.model, device=state.device(), on_done=done)
+    job.state["eps"] = eps
+    return job
+
+
+live.controls(PAGE, make_job, disabled=picked is None)
+sb.caption(f"iDeepFool works on minibatches of {d['idf_batch']} images (DeepFool: 10 candidate classes, up to 10 "
+           "iterations each), so one of its steps can take a few seconds on a CPU.")
+
+
+def draw(job):
+    live.progress_line(job)
+    secs = job.state.get("seconds", {})
+    c1, c2 = st.columns([3, 1])
+    with c1:
+        names = [m for m in ("idf", "alg2") if m in secs]
+        st.plotly_chart(plots.timing_bars([NAMES[m] for m in names], [secs[m] for m in names],
+                                          title="Live: computation time so far"), key="idf_live_time")
+    with c2:
+        if job.state.get("delta") is not None:
+            ui.delta_picture(job.state["delta"], job.state["eps"], job.state.get("phase", ""))
+
+
+job = live.panel(PAGE, draw)
+if job is not None and not job.done:
+    st.stop()
+if picked is None:
+    st.stop()
+shown = state.find(PAGE, ds, key, default_key)
+if shown.kind == "none":
+    st.info("No result for these settings yet: press **Run**.")
+    st.stop()
+ui.shown_note(shown)
+res = shown.result
+sh_eps = float(shown.settings.get("eps", eps))
+methods = [m for m in ("idf", "alg2") if m in res]
+c = st.columns(5)
+if methods:
+    c[0].metric("Clean top-1", ui.pct(res[methods[0]]["clean_top1"]), border=True)
+for col, m in zip(c[1:3], methods):
+    col.metric(f"{NAMES[m]}: test acc", ui.pct(res[m]["perturbed_top1"]),
+               f"{100 * (res[m]['perturbed_top1'] - res[m]['clean_top1']):+.1f} pp", border=True)
+for col, m in zip(c[3:5], methods):
+    col.metric(f"{NAMES[m]}: seconds", f"{res[m]['seconds']:.1f}", border=True)
+if len(methods) == 2 and res["alg2"]["seconds"] > 0:
+    st.success(f"Alg. 2 took **{res['alg2']['seconds']:.1f} s** against iDeepFool's **{res['idf']['seconds']:.1f} s** "
+               f"(**{res['idf']['seconds'] / res['alg2']['seconds']:.1f}×** faster) and leaves "
+               f"**{ui.pct(res['alg2']['perturbed_top1'])}** test accuracy against "
+               f"**{ui.pct(res['idf']['perturbed_top1'])}**.")
+c1, c2 = st.columns([3, 2])
+with c1:
+    st.plotly_chart(plots.timing_bars([NAMES[m] for m in methods], [res[m]["seconds"] for m in methods],
+                                      [res[m]["perturbed_top1"] for m in methods],
+                                      title="Time to build δ (label: test accuracy under it)"), key="idf_time")
+with c2:
+    cols = st.columns(len(methods))
+    for col, m in zip(cols, methods):
+        ui.delta_picture(res[m]["delta"], sh_eps, NAMES[m], where=col, size=160)
+st.dataframe(pd.DataFrame([{"method": NAMES[m], "seconds": res[m]["seconds"], "steps": res[m]["steps"],
+                            "backward passes": res[m]["backwards"],
+                            "test accuracy under δ (%)": 100 * res[m]["perturbed_top1"],
+                            "fooling ratio (%)": 100 * res[m]["fooling_ratio"]} for m in methods]),
+             hide_index=True, column_config={
+                 "seconds": st.column_config.NumberColumn(format="%.1f"),
+                 "test accuracy under δ (%)": st.column_config.NumberColumn(format="%.1f"),
+                 "fooling ratio (%)": st.column_config.NumberColumn(format="%.1f")})
+st.caption(f"Both on the same {shown.settings.get('attack_size')} training images; accuracy on {len(test)} test "
+           "images. A backward pass is one batched gradient computation (iDeepFool needs one per candidate class "
+           "and DeepFool iteration; Alg. 2 one per step).")

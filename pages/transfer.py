@@ -1,0 +1,84 @@
+"""Transfer: the δ made on model A added to the test images of model B, for every pair in the zoo."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from uat_core import plots
+from webapp import live, state, ui
+from webapp import settings as S
+from webapp.jobs import page_job
+
+PAGE = "transfer"
+ds = state.dataset()
+D = S.DATASET[ds]
+d = S.defaults(PAGE, ds)
+test = state.test_set(ds, d["test_size"])
+train = state.train_set(ds)
+
+ui.header("Transfer",
+          "Each zoo model ships with the universal perturbation Alg. 2 built against it. Here every such δ "
+          "(rows) is added to the test images of every model (columns). The diagonal is each model under its "
+          "own δ; off the diagonal, how well a δ made on one network fools another.", "Universality across models")
+
+zoo = state.zoo(ds)
+with_delta = [a for a in zoo if state.zoo_delta(ds, a) is not None]
+sb = st.sidebar
+sb.header("Matrix settings")
+chosen = sb.multiselect("Zoo models", list(zoo), with_delta, format_func=lambda a: S.ALGO_LABEL.get(a, a),
+                        **ui.w(PAGE, "models"))
+latest_lab = state.latest("lab")
+lab_ok = latest_lab is not None and latest_lab["key"].split("|", 2)[1] == ds
+extra = sb.toggle("Add the δ of my last attack-lab run as a row", False, disabled=not lab_ok,
+                  help="Run an attack in the attack lab first." if not lab_ok else None, key=f"{PAGE}_extra")
+chosen = [a for a in zoo if a in chosen]
+entries = [zoo[a] for a in chosen]
+tag = S.zoo_set_tag(entries) + (f"+lab:{abs(hash(latest_lab['key'])) % 10 ** 10}" if extra and lab_ok else "")
+s = {**d, "models": chosen}
+key = S.key(PAGE, ds, tag, s)
+default_key = S.key(PAGE, ds, S.zoo_set_tag([zoo[a] for a in with_delta]), {**d, "models": with_delta})
+
+
+def make_job():
+    models = {S.ALGO_SHORT.get(a, a): state.zoo_model(ds, a).model for a in chosen}
+    deltas = {S.ALGO_SHORT.get(a, a): state.zoo_delta(ds, a) for a in chosen if a in with_delta}
+    if extra and lab_ok:
+        deltas["my lab δ"] = latest_lab["result"]["delta"]
+
+    def done(job, key=key, s=s):
+        state.remember(PAGE, key, s, job.result, private=False, complete=job.result["complete"])
+    return page_job(PAGE, s, train, test, models=models, deltas=deltas, device=state.device(), on_done=done)
+
+
+live.controls(PAGE, make_job, label="Compute", disabled=len(chosen) < 1)
+sb.caption(f"{len(chosen)}×{len(chosen) + (1 if extra and lab_ok else 0)} evaluations on {len(test)} test images")
+
+
+def draw(job):
+    live.progress_line(job)
+    st.plotly_chart(plots.transfer_heatmap(job.state["matrix"], job.state["sources"], job.state["targets"]),
+                    key="transfer_live")
+
+
+job = live.panel(PAGE, draw)
+if job is not None and not job.done:
+    st.stop()
+shown = state.find(PAGE, ds, key, default_key)
+if shown.kind == "none":
+    st.info("No matrix for this selection yet: press **Compute**.")
+    st.stop()
+ui.shown_note(shown, "Compute")
+res = shown.result
+if not res.get("complete", True):
+    st.warning("Stopped early: empty cells were not computed.")
+fig = plots.transfer_heatmap(res["matrix"], res["sources"], res["targets"])
+fig.update_layout(height=120 + 60 * len(res["sources"]))
+st.plotly_chart(fig, key="transfer_map")
+clean = res.get("clean", {})
+st.markdown("**Clean test accuracy of each model (no δ)**")
+st.dataframe(pd.DataFrame([{t: round(100 * clean[t], 1) for t in res["targets"] if t in clean}]), hide_index=True)
+own = [(s_, res["matrix"][i][res["targets"].index(s_)]) for i, s_ in enumerate(res["sources"]) if s_ in res["targets"]]
+if own:
+    st.caption("Reading the matrix: a low number means the row's δ fools the column's model. Robust models "
+               "(uFGSM, low-cost, PGD …) keep their accuracy under δ made on the natural model, and their own δ "
+               "transfers differently.")

@@ -1,0 +1,187 @@
+"""Universal adversarial training (Alg. 3/4, Table 1, Figs. 4/7): train live, then attack what you trained."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from uat_core import plots
+from webapp import live, state, ui
+from webapp import settings as S
+from webapp.jobs import page_job
+
+PAGE = "uat"
+ALGOS = ["natural", "uat", "lowcost", "fgsm", "pgd"]
+ds = state.dataset()
+D = S.DATASET[ds]
+d = S.defaults(PAGE, ds)
+train = state.train_set(ds)
+test = state.test_set(ds, d["test_size"])
+
+ui.header("Universal adversarial training",
+          "Train a network and a universal perturbation against each other. Every minibatch, the weights take a "
+          "descent step on x + δ and δ takes an ascent step (one FGSM-like step, eq. 6). **uFGSM** (Alg. 3) "
+          "computes the two gradients one after the other; **low-cost** (Alg. 4) gets both from the *same* "
+          "backward pass, so it costs no more than natural training. Afterwards every model faces a fresh "
+          "Alg. 2 attack built from scratch against it.", "Alg. 3 and 4, Table 1, Figs. 4 and 7")
+
+sb = st.sidebar
+sb.header("Training settings")
+algos = sb.multiselect("Train", ALGOS, d["algorithms"], format_func=lambda a: S.ALGO_LABEL[a], **ui.w(PAGE, "algos"))
+epochs = sb.slider("Epochs", 1, 20 if ds == "digits" else 10, d["epochs"], **ui.w(PAGE, "epochs"))
+size = sb.select_slider("Training images", D["train_sizes"], d["train_size"], **ui.w(PAGE, "size"))
+eps = sb.slider("ε (0-255 units)", 1, 32, d["eps"], help=D["why_eps"], **ui.w(PAGE, "eps"))
+rule = sb.radio("δ update (uFGSM / low-cost)", ["fgsm", "sgd", "adam"], horizontal=True,
+                format_func={"fgsm": "sign (eq. 6)", "sgd": "SGD (eq. 7)", "adam": "ADAM"}.get, **ui.w(PAGE, "rule"))
+asize = sb.select_slider("Robustness attack: images", D["attack_sizes"], d["attack_size"], **ui.w(PAGE, "asize"))
+aepochs = sb.slider("Robustness attack: epochs", 1, 20, d["attack_epochs"], **ui.w(PAGE, "aepochs"))
+seed = sb.number_input("Seed", 0, 10_000, 0, **ui.w(PAGE, "seed"))
+algos = [a for a in ALGOS if a in algos]
+s = {**d, "algorithms": algos, "epochs": int(epochs), "train_size": int(size), "eps": eps, "delta_rule": rule,
+     "attack_size": int(asize), "attack_epochs": int(aepochs), "seed": int(seed)}
+key = S.key(PAGE, ds, f"arch:{D['arch']}", s)
+
+
+def make_job():
+    def done(job, key=key, s=s):
+        res = job.result
+        for a, m in res["models"].items():
+            state.add_session_model(ds, f"trained_{a}", m, f"{S.ALGO_SHORT[a]}, {s['epochs']} epochs")
+        state.remember(PAGE, key, s, res, private=True, complete=not job.stopping and len(res["rows"]) == len(s["algorithms"]))
+    job = page_job(PAGE, s, train, test, arch=D["arch"], device=state.device(), on_done=done)
+    job.state["eps"] = eps
+    return job
+
+
+live.controls(PAGE, make_job, label="Train", disabled=not algos,
+              help="Trains each model from scratch in this browser session, then attacks it")
+sb.caption(f"{D['arch']} on {min(size, len(train))} {ds} images · then Alg. 2 (PGD, β = 9, {asize} images, "
+           f"{aepochs} epochs) against each model · accuracy on {len(test)} test images. Trained models appear in "
+           "the other pages' model lists for this session.")
+
+with st.expander("The two algorithms", expanded=False):
+    c1, c2 = st.columns(2)
+    c1.markdown("**Alg. 3 (uFGSM)**, per minibatch")
+    c1.latex(r"\theta \leftarrow \theta - \alpha\,\nabla_\theta\,\ell(x+\delta)")
+    c1.latex(r"\delta \leftarrow \Pi_\epsilon\big(\delta + \epsilon\,\mathrm{sign}(\mathbb{E}\,\nabla_\delta\,\ell(x+\delta))\big)")
+    c2.markdown("**Alg. 4 (low-cost)**: one backward pass gives both gradients")
+    c2.latex(r"(g_\theta, g_\delta) = \nabla_{(\theta,\delta)}\,\ell(x+\delta)")
+    c2.latex(r"\theta \leftarrow \theta - \alpha g_\theta,\quad \delta \leftarrow \Pi_\epsilon(\delta + \epsilon\,\mathrm{sign}(g_\delta))")
+
+
+def draw(job):
+    live.progress_line(job)
+    hist = job.state.get("histories", {})
+    cur = job.state.get("training")
+    c1, c2 = st.columns([3, 1])
+    with c1:
+        if cur in ("uat", "lowcost") and cur in hist and hist[cur]:
+            st.plotly_chart(plots.before_after_figure(hist[cur], title=f"Live: {S.ALGO_SHORT[cur]}, minibatch accuracy "
+                                                      "before and after the ascent step on δ"), key="uat_live_ba")
+        elif hist:
+            st.plotly_chart(plots.training_curves({a: h for a, h in hist.items() if h},
+                                                  title="Live: minibatch training accuracy"), key="uat_live_acc")
+    with c2:
+        td = job.state.get("train_deltas", {})
+        if cur in td:
+            ui.delta_picture(td[cur], job.state["eps"], f"δ being learned by {S.ALGO_SHORT[cur]}")
+    if job.state.get("rows"):
+        st.dataframe(_table(job.state["rows"]), hide_index=True)
+
+
+def _table(rows):
+    return pd.DataFrame([{"model": S.ALGO_LABEL.get(r["algorithm"], r["algorithm"]),
+                          "clean top-1 (%)": round(100 * r["clean_top1"], 1),
+                          "under universal attack (%)": round(100 * r["robust_top1"], 1),
+                          "training (s)": None if r.get("train_seconds") is None else round(r["train_seconds"], 1),
+                          "forward/backward passes": f"{r['forward']}/{r['backward']}" if r.get("forward") else ""}
+                         for r in rows])
+
+
+def zoo_view() -> dict | None:
+    """Table 1 from the shipped zoo: its numbers, its perturbations and (if shipped) its training curves."""
+    zoo = state.zoo(ds)
+    if not zoo:
+        return None
+    extras = state.precomputed(ds).get("extras", {}).get("uat_histories", {})
+    rows, deltas, hist, tdeltas = [], {}, {}, {}
+    for a, e in zoo.items():
+        p = e.get("passes") or {}
+        rows.append({"name": S.ALGO_SHORT.get(a, a), "algorithm": a, "clean_top1": e["clean_top1"],
+                     "robust_top1": e.get("perturbed_top1", e.get("robust_top1")),
+                     "train_seconds": e.get("train_seconds"), "forward": p.get("forward"), "backward": p.get("backward")})
+        dz = state.zoo_delta(ds, a)
+        if dz is not None:
+            deltas[a] = dz
+        x = extras.get(a)
+        if x and x.get("sha") == e["sha256"]:
+            hist[a] = x["history"]
+            if "train_delta" in x:
+                tdeltas[a] = x["train_delta"]
+    return {"rows": rows, "attack_deltas": deltas, "histories": hist, "train_deltas": tdeltas, "source": "zoo",
+            "eps": next(iter(zoo.values()))["eps"]}
+
+
+job = live.panel(PAGE, draw)
+if job is not None and not job.done:
+    st.stop()
+
+shown = state.find(PAGE, ds, key)
+if shown.kind == "none":
+    res = zoo_view()
+    if res is None:
+        st.info("No zoo models for this dataset: press **Train**.")
+        st.stop()
+    st.info("Showing the shipped zoo models (trained with the zoo recipe; their robustness measured with a fresh "
+            "Alg. 2 attack on all training images). Press **Train** to train your own live.",
+            icon=":material/inventory_2:")
+    sh_eps = float(res["eps"])
+else:
+    ui.shown_note(shown, "Train")
+    res = shown.result
+    sh_eps = float(shown.settings.get("eps", eps))
+rows = res["rows"]
+if not rows:
+    st.warning("Training was stopped before any model was attacked.")
+    st.stop()
+by = {r["algorithm"]: r for r in rows}
+cols = st.columns(len(rows))
+for c, r in zip(cols, rows):
+    c.metric(f"{S.ALGO_SHORT.get(r['algorithm'], r['algorithm'])}: under attack", ui.pct(r["robust_top1"]),
+             f"clean {ui.pct(r['clean_top1'])}", delta_color="off", border=True)
+c1, c2 = st.columns([3, 2])
+with c1:
+    st.plotly_chart(plots.robustness_bars([{**r, "name": S.ALGO_SHORT.get(r["algorithm"], r["algorithm"])} for r in rows],
+                                          title="Clean vs universal-attack test accuracy"), key="uat_bars")
+with c2:
+    st.markdown("**Table 1**")
+    st.dataframe(_table(rows), hide_index=True)
+    if "natural" in by and "lowcost" in by and by["lowcost"].get("forward"):
+        st.caption("Low-cost UAT uses as many forward/backward passes as natural training; uFGSM twice as many.")
+
+st.subheader("The perturbations that attack each model")
+st.caption("Alg. 2 built from scratch against each trained model. Against the natural model δ is a texture "
+           "spread over the image; against the robust models it has to look like the objects themselves (Figs. 4, 7).")
+dl = res.get("attack_deltas", {})
+cols = st.columns(max(1, len(dl)))
+for c, (a, dd) in zip(cols, dl.items()):
+    r = by.get(a)
+    ui.delta_picture(dd, sh_eps, f"{S.ALGO_SHORT.get(a, a)}" + (f" · acc {ui.pct(r['robust_top1'])}" if r else ""),
+                     where=c, size=160)
+
+hist = res.get("histories", {})
+if hist:
+    st.subheader("Training curves")
+    tabs = st.tabs([S.ALGO_SHORT.get(a, a) for a in hist] + ["all models"])
+    for t, (a, h) in zip(tabs, hist.items()):
+        with t:
+            if a in ("uat", "lowcost", "uadam") and any("acc_after" in x for x in h):
+                cc1, cc2 = st.columns([3, 1])
+                cc1.plotly_chart(plots.before_after_figure(h), key=f"uat_ba_{a}")
+                if a in res.get("train_deltas", {}):
+                    ui.delta_picture(res["train_deltas"][a], sh_eps, "the universal δ at the end of training",
+                                     where=cc2)
+                cc1.caption("The shaded gap: how much one ascent step on δ still hurts the current weights.")
+            else:
+                st.plotly_chart(plots.training_curves({a: h}), key=f"uat_acc_{a}")
+    with tabs[-1]:
+        st.plotly_chart(plots.training_curves({a: h for a, h in hist.items()}), key="uat_acc_all")

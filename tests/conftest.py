@@ -1,0 +1,102 @@
+"""Shared fixtures for the engine's tests.
+
+Everything here is cheap and session-scoped: the digits data (scikit-learn, offline, instant) and the
+shipped digits model ``assets/models/digits_smallcnn_natural.pt`` (99% clean), so no test has to train
+a model unless training is what it checks. CIFAR-10 tests use the copy at ``../shared/data/cifar10-jpeg``
+(or ``$UAT_DATA``) and are skipped when it is missing.
+
+Markers: ``slow`` (a few seconds or more of CPU), ``cifar`` (needs the CIFAR-10 copy).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:          # plain `pytest` (not `python -m pytest`) from anywhere
+    sys.path.insert(0, str(ROOT))
+
+ZOO = ROOT / "assets" / "models"
+DIGITS_NATURAL = ZOO / "digits_smallcnn_natural.pt"
+CIFAR_ROOT = Path(os.environ.get("UAT_DATA") or ROOT.parent / "shared/data/cifar10-jpeg")
+HAS_CIFAR = (CIFAR_ROOT / "test").is_dir() and (CIFAR_ROOT / "train").is_dir()
+needs_cifar = pytest.mark.skipif(not HAS_CIFAR, reason=f"no CIFAR-10 ImageFolder copy at {CIFAR_ROOT}")
+
+
+def pytest_configure(config):
+    # The tests use small batches, where a second intra-op thread gains little, while on a shared or busy
+    # runner two spinning OpenMP threads per process slow everything down several times over. One thread
+    # also makes float reductions identical from machine to machine. UAT_TEST_THREADS overrides.
+    torch.set_num_threads(int(os.environ.get("UAT_TEST_THREADS", "1")))
+    config.addinivalue_line("markers", "slow: takes a few seconds or more of CPU")
+    config.addinivalue_line("markers", "cifar: needs the CIFAR-10 copy (skipped when it is missing)")
+
+
+@pytest.fixture(scope="session")
+def digits_train():
+    """scikit-learn digits, train split: 1297 images (1,32,32) uint8."""
+    from uat_core.data import load_dataset
+    return load_dataset("digits", "train", progress=False)
+
+
+@pytest.fixture(scope="session")
+def digits_test():
+    """scikit-learn digits, test split: 500 images (1,32,32) uint8."""
+    from uat_core.data import load_dataset
+    return load_dataset("digits", "test", progress=False)
+
+
+@pytest.fixture(scope="session")
+def digits_model():
+    """The shipped naturally trained SmallCNN for digits (eval mode, CPU). Tests must not change its weights."""
+    from uat_core.checkpoint import load_checkpoint
+    if not DIGITS_NATURAL.is_file():
+        pytest.skip(f"{DIGITS_NATURAL} is missing")
+    model, _ = load_checkpoint(DIGITS_NATURAL, {"num_classes": 10, "shape": (1, 32, 32)})
+    return model
+
+
+@pytest.fixture(scope="session")
+def digits_clean_top1(digits_model, digits_test) -> float:
+    """Clean top-1 of the shipped model on the whole digits test split (a reference for attack tests)."""
+    from uat_core.evaluation import evaluate
+    return evaluate(digits_model, digits_test.images, digits_test.labels)["clean_top1"]
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """Keep decoded-image caches and downloads out of the user's real cache folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    return tmp_path / "xdg-cache"
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``python -m uat_core ARGS`` in-process: returns (exit code, stdout, stderr)."""
+    from uat_core.cli import main
+
+    def run(*argv) -> tuple[int, str, str]:
+        capsys.readouterr()                       # drop anything printed before
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as e:                   # argparse's own exits (--help)
+            rc = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+    return run
+
+
+def files_under(folder: Path) -> list[str]:
+    """Every file below ``folder`` (relative paths, sorted); [] when the folder does not exist."""
+    folder = Path(folder)
+    if not folder.exists():
+        return []
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)

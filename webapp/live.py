@@ -1,0 +1,143 @@
+"""Run / Stop and the live panel: a job advances a slice at a time inside an ``st.fragment``.
+
+Pressing Run creates a :class:`~webapp.jobs.Job` in ``st.session_state`` (in the button's callback, so
+the same script run already draws it). The live panel is a fragment that re-runs itself every
+``EVERY`` seconds while the job runs: each run calls ``job.pump(CHUNK)`` (about 0.4 s of work), draws
+the job's state, and when the job is done stores the result and reruns the whole page once, so the
+result section appears and the timer stops. Only the fragment re-runs while a job runs, so the rest
+of the page stays responsive; Stop asks the engine to finish after its current step.
+
+A job keeps going when the visitor opens another page: the sidebar's background panel (app.py) pumps
+it there. In "sync" mode (``st.session_state["_uat_sync"] = True``, used by AppTest, or the
+environment variable ``UAT_APP_SYNC=1``) a job runs to the end in the script run that starts it.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable
+
+import streamlit as st
+
+from uat_core.errors import UATError
+
+from .jobs import Job
+
+CHUNK = 0.4          # seconds of work per fragment run
+EVERY = 0.5          # seconds between fragment runs while a job runs
+SYNC_KEY = "_uat_sync"
+
+
+def sync_mode() -> bool:
+    return bool(st.session_state.get(SYNC_KEY)) or os.environ.get("UAT_APP_SYNC") == "1"
+
+
+def jobs() -> dict[str, Job]:
+    return st.session_state.setdefault("_jobs", {})
+
+
+def get(slot: str) -> Job | None:
+    return jobs().get(slot)
+
+
+def running(slot: str) -> bool:
+    job = get(slot)
+    return job is not None and not job.done
+
+
+def _start(slot: str, make: Callable[[], Job]) -> None:
+    st.session_state.pop(f"_err_{slot}", None)
+    try:
+        jobs()[slot] = make()
+    except UATError as e:
+        st.session_state[f"_err_{slot}"] = str(e)
+
+
+def _stop(slot: str) -> None:
+    job = get(slot)
+    if job is not None:
+        job.stop()
+
+
+def controls(slot: str, make: Callable[[], Job], label: str = "Run", disabled: bool = False,
+             help: str | None = None, where=None) -> None:
+    """Run and Stop buttons (in ``where``, default the sidebar); errors from starting show below them."""
+    where = where or st.sidebar
+    busy = running(slot)
+    c1, c2 = where.columns(2)
+    c1.button(label, key=f"{slot}_run", type="primary", disabled=busy or disabled, on_click=_start,
+              args=(slot, make), help=help, width="stretch", icon=":material/play_arrow:")
+    c2.button("Stop", key=f"{slot}_stop", disabled=not busy, on_click=_stop, args=(slot,), width="stretch",
+              icon=":material/stop:")
+    err = st.session_state.get(f"_err_{slot}")
+    if err:
+        where.error(err)
+
+
+def panel(slot: str, draw: Callable[[Job], None]) -> Job | None:
+    """The live fragment: advances the job in ``slot`` and draws it with ``draw(job)`` while it runs.
+
+    The job stores its own result when it ends (its ``on_done``), whoever pumps it. Returns the job.
+    """
+    job = get(slot)
+    if job is None:
+        return None
+    busy = not job.done
+    sync = sync_mode()
+
+    @st.fragment(run_every=None if (sync or not busy) else EVERY)
+    def _live():
+        j = get(slot)
+        if j is None:
+            return
+        if not j.done:
+            j.pump(math.inf if sync else CHUNK)
+        if j.done and not getattr(j, "_finished", False):
+            j._finished = True
+            if j.error:
+                st.session_state[f"_err_{slot}"] = j.error
+            if not sync:
+                st.rerun()
+        if not j.done:
+            draw(j)
+
+    _live()
+    return job
+
+
+def progress_line(job: Job, where=None) -> None:
+    """A progress bar with the job's phase and its compute time so far."""
+    where = where or st
+    where.progress(min(1.0, job.progress),
+                   text=f"{job.state.get('phase', '')} · {job.compute_seconds:.1f} s of computation")
+
+
+def background(current: str, names: dict[str, str]) -> None:
+    """Keep jobs of other pages going while the visitor looks elsewhere (drawn in the sidebar)."""
+    others = {s: j for s, j in jobs().items() if s != current and not j.done}
+    finished = {s: j for s, j in jobs().items() if s != current and j.done and not getattr(j, "_finished", False)}
+    if not others and not finished:
+        return
+    sync = sync_mode()
+
+    @st.fragment(run_every=None if (sync or not others) else EVERY)
+    def _bg():
+        ended = False
+        for slot, j in list(jobs().items()):
+            if slot == current:
+                continue
+            if not j.done:
+                j.pump(math.inf if sync else CHUNK / 2)
+            if j.done and not getattr(j, "_finished", False):
+                j._finished = True
+                if j.error:
+                    st.session_state[f"_err_{slot}"] = j.error
+                st.toast(f"{names.get(slot, slot)}: finished", icon="✅")
+                ended = True
+            if not j.done:
+                st.caption(f"⏳ {names.get(slot, slot)}: {100 * j.progress:.0f}% — running in the background")
+        if ended and not sync and not any(not j.done for j in jobs().values()):
+            st.rerun()                     # stops this fragment's timer
+
+    with st.sidebar:
+        _bg()

@@ -51,9 +51,14 @@ from uat_core.models import frozen  # noqa: E402
 # the model and the data
 # ---------------------------------------------------------------------------------------------
 
-def load_model(device) -> tuple[torch.nn.Module, str]:
-    """The zoo's natural ResNet-20 if present, else a fresh one; returns (model, a description)."""
+def load_model(device, checkpoint: str | None = None) -> tuple[torch.nn.Module, str]:
+    """``checkpoint`` if given, else the zoo's natural ResNet-20 if present, else a fresh one.
+    Returns (model, a description for the report)."""
     from uat_core import zoo
+    if checkpoint:
+        from uat_core.checkpoint import load_checkpoint
+        model, meta = load_checkpoint(checkpoint, {"num_classes": 10, "shape": (3, 32, 32)}, device)
+        return model, f"{meta['arch']} from {checkpoint}"
     entry = next((e for e in zoo.list_models("cifar10") if e["name"] == "cifar10_resnet20_natural"), None)
     if entry is not None and (zoo.ZOO_DIR / entry["file"]).is_file():
         model, _ = zoo.load_zoo_model(entry["name"], device=device)
@@ -71,6 +76,26 @@ def load_model(device) -> tuple[torch.nn.Module, str]:
 # the measured runs and their floors
 # ---------------------------------------------------------------------------------------------
 
+class Timing:
+    """Wall-clock and CPU seconds of one run (CPU time = this process, all its threads).
+
+    On a machine shared with other jobs the wall clock mostly measures the neighbours; the CPU time of
+    a single-threaded run (``--threads 1``) is the work itself and stays within a few percent."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        sync(self.device)
+        self.w0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        sync(self.device)
+        self.wall, self.cpu = time.perf_counter() - self.w0, time.process_time() - self.c0
+        return False
+
+
 def sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -82,65 +107,73 @@ def batch_orders(n: int, epochs: int, seed: int, device) -> list[torch.Tensor]:
     return [torch.randperm(n, generator=gen).to(device) for _ in range(epochs)]
 
 
-def floor_run(model, x, y, epochs: int, batch_size: int, seed: int, device) -> float:
-    """Seconds for: per minibatch, gather + forward + CE + input-gradient backward. Nothing else."""
-    sync(device)
-    t0 = time.perf_counter()
-    with frozen(model):
-        for order in batch_orders(len(x), epochs, seed, device):
+def floor_run(model, x, y, epochs: int, batch_size: int, seed: int, device) -> Timing:
+    """Per minibatch: gather + forward + CE + input-gradient backward (weights frozen). Nothing else."""
+    orders = batch_orders(len(x), epochs, seed, device)
+    with frozen(model), Timing(device) as t:
+        for order in orders:
             for b in range(0, len(x), batch_size):
                 idx = order[b:b + batch_size]
                 xb = x[idx].requires_grad_(True)                        # (B,C,H,W)
                 loss = F.cross_entropy(model(xb), y[idx])
                 torch.autograd.grad(loss, xb)
-    sync(device)
-    return time.perf_counter() - t0
+    return t
 
 
 def alg2_run(model, x, y, epochs: int, batch_size: int, seed: int, device, eps: float = 8.0):
-    sync(device)
-    t0 = time.perf_counter()
-    run = UniversalAttack(model, x, y, AttackConfig(eps=eps, beta=9.0, optimizer="pgd", epochs=epochs,
-                                                    batch_size=batch_size, seed=seed), device=device)
-    res = run.run()
-    sync(device)
-    return time.perf_counter() - t0, res
+    """(Timing, AttackResult) of Alg. 2 with the paper's settings (sign gradient, β = 9)."""
+    with Timing(device) as t:
+        run = UniversalAttack(model, x, y, AttackConfig(eps=eps, beta=9.0, optimizer="pgd", epochs=epochs,
+                                                        batch_size=batch_size, seed=seed), device=device)
+        res = run.run()
+    return t, res
 
 
 def idf_run(model, x, y, passes: int, batch_size: int, seed: int, device, eps: float = 8.0):
-    sync(device)
-    t0 = time.perf_counter()
-    run = IDeepFool(model, x, y, IDFConfig(eps=eps, norm="linf", xi=1.0, max_passes=passes,
-                                           batch_size=batch_size, seed=seed), device=device)
-    res = run.run()
-    sync(device)
-    return time.perf_counter() - t0, res, run.backwards
+    """(Timing, AttackResult, backward passes) of iDeepFool doing every one of ``passes`` passes (ξ = 1)."""
+    with Timing(device) as t:
+        run = IDeepFool(model, x, y, IDFConfig(eps=eps, norm="linf", xi=1.0, max_passes=passes,
+                                               batch_size=batch_size, seed=seed), device=device)
+        res = run.run()
+    return t, res, run.backwards
 
 
 @torch.inference_mode()
-def bare_forward(model, images_u8, delta, batch_size: int, device) -> float:
+def bare_forward(model, images_u8, delta, batch_size: int, device) -> Timing:
     """Two bare forward passes (clean, then x+δ) over pre-converted float batches."""
     batches = [images_u8[i:i + batch_size].to(device).float().div_(255) for i in range(0, len(images_u8), batch_size)]
     d = delta.to(device)
     was = model.training
     model.eval()
-    sync(device)
-    t0 = time.perf_counter()
-    for xb in batches:
-        model(xb)
-    for xb in batches:
-        model(apply(xb, d))
-    sync(device)
+    with Timing(device) as t:
+        for xb in batches:
+            model(xb)
+        for xb in batches:
+            model(apply(xb, d))
     model.train(was)
-    return time.perf_counter() - t0
+    return t
 
 
-def eval_run(model, images_u8, labels, delta, batch_size: int, device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    evaluate(model, images_u8, labels, delta, 10, batch_size=batch_size, device=device)
-    sync(device)
-    return time.perf_counter() - t0
+def eval_run(model, images_u8, labels, delta, batch_size: int, device) -> Timing:
+    with Timing(device) as t:
+        evaluate(model, images_u8, labels, delta, 10, batch_size=batch_size, device=device)
+    return t
+
+
+def overhead_per_step(epochs: int, batch_size: int, seed: int, repeats: int) -> tuple[float, float]:
+    """The engine's own cost per Alg. 2 step (x+δ, clamp, projection, history), in CPU ms, made visible
+    by a model so cheap (one linear layer on CIFAR-sized images) that forward/backward hardly count.
+    Returns (floor ms/step, Alg. 2 ms/step), medians."""
+    device = torch.device("cpu")
+    torch.manual_seed(seed)
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()
+    x = torch.rand(2000, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    y = torch.randint(0, 10, (2000,), generator=torch.Generator().manual_seed(seed))
+    floors, alg2 = interleaved(repeats, lambda: floor_run(lin, x, y, epochs, batch_size, seed, device),
+                               lambda: alg2_run(lin, x, y, epochs, batch_size, seed, device)[0])
+    steps = epochs * -(-len(x) // batch_size)
+    return (1000 * statistics.median(t.cpu for t in floors) / steps,
+            1000 * statistics.median(t.cpu for t in alg2) / steps)
 
 
 def interleaved(pairs: int, first, second) -> tuple[list, list]:
@@ -154,6 +187,18 @@ def interleaved(pairs: int, first, second) -> tuple[list, list]:
             b.append(second())
             a.append(first())
     return a, b
+
+
+def med(ts: list[Timing], kind: str) -> float:
+    return statistics.median(getattr(t, kind) for t in ts)
+
+
+def spread(ts: list[Timing], kind: str) -> str:
+    """'12.3 s (11.9–13.0)': the median and the range over the runs."""
+    v = [getattr(t, kind) for t in ts]
+    if len(v) == 1:
+        return f"{v[0]:.2f} s"
+    return f"{statistics.median(v):.2f} s ({min(v):.2f}–{max(v):.2f})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,6 +240,8 @@ def main(argv=None) -> int:
     ap.add_argument("--idf-images", type=int, default=None, help="images for that comparison (default: --images)")
     ap.add_argument("--eval-images", type=int, default=2000, help="CIFAR-10 test images for accuracy and throughput")
     ap.add_argument("--eval-batch-size", type=int, default=500, help="evaluation batch size")
+    ap.add_argument("--checkpoint", default=None,
+                    help="a CIFAR-10 model.pt to use (default: zoo cifar10_resnet20_natural, else a fresh ResNet-20)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--seed", type=int, default=0, help="seed of the data subset and the batch order")
@@ -207,7 +254,7 @@ def main(argv=None) -> int:
     try:
         train = load_dataset("cifar10", "train", root, limit=args.images, seed=args.seed, progress=False)
         test = load_dataset("cifar10", "test", root, limit=args.eval_images, seed=args.seed, progress=False)
-        model, model_desc = load_model(device)
+        model, model_desc = load_model(device, args.checkpoint)
     except UATError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -222,64 +269,73 @@ def main(argv=None) -> int:
     floor_run(model, x[:2 * B], y[:2 * B], 1, B, args.seed, device)
     alg2_run(model, x[:2 * B], y[:2 * B], 1, B, args.seed, device)
 
-    # 1. Alg. 2 vs. floor
-    floors, alg2 = interleaved(R, lambda: floor_run(model, x, y, E, B, args.seed, device),
+    # 1. Alg. 2 vs. floor, same minibatches
+    floors, runs = interleaved(R, lambda: floor_run(model, x, y, E, B, args.seed, device),
                                lambda: alg2_run(model, x, y, E, B, args.seed, device))
-    t_floor, t_alg2 = statistics.median(floors), statistics.median(t for t, _ in alg2)
-    pair_ratio = statistics.median(a[0] / f for f, a in zip(floors, alg2))
-    steps = alg2[0][1].steps
-    delta_alg2 = alg2[0][1].delta
-    print(f"Alg. 2: {t_alg2:.2f} s, floor {t_floor:.2f} s -> ratio {t_alg2 / t_floor:.3f} "
-          f"(median of per-pair ratios {pair_ratio:.3f})", flush=True)
+    alg2 = [t for t, _ in runs]
+    steps, delta_alg2 = runs[0][1].steps, runs[0][1].delta
+    r_wall, r_cpu = med(alg2, "wall") / med(floors, "wall"), med(alg2, "cpu") / med(floors, "cpu")
+    print(f"Alg. 2 / floor: wall {r_wall:.3f}, CPU {r_cpu:.3f}", flush=True)
 
     # 3. evaluation throughput (before iDeepFool, which is long)
     bares, evals = interleaved(R, lambda: bare_forward(model, test.images, delta_alg2, args.eval_batch_size, device),
                                lambda: eval_run(model, test.images, test.labels, delta_alg2, args.eval_batch_size,
                                                 device))
-    t_bare, t_eval = statistics.median(bares), statistics.median(evals)
-    print(f"evaluate: {t_eval:.2f} s, two bare forwards {t_bare:.2f} s -> throughput ratio {t_bare / t_eval:.3f}",
-          flush=True)
+    e_wall, e_cpu = med(bares, "wall") / med(evals, "wall"), med(bares, "cpu") / med(evals, "cpu")
+    print(f"evaluate throughput / bare forward: wall {e_wall:.3f}, CPU {e_cpu:.3f}", flush=True)
     m_alg2 = evaluate(model, test.images, test.labels, delta_alg2, 10, device=device)
 
+    # engine bookkeeping per step, made visible with a trivial model
+    ov = overhead_per_step(2, B, args.seed, R) if device.type == "cpu" else None
+    if ov:
+        print(f"engine overhead per step (linear model, CPU time): {ov[1] - ov[0]:.2f} ms", flush=True)
+
     # 2. iDeepFool vs Alg. 2 at the same number of passes
-    idf_row = None
+    idf = None
     if args.idf_passes > 0:
         P = args.idf_passes
-        n_idf = args.idf_images or len(train)
-        xi_, yi_ = x[:n_idf], y[:n_idf]
-        t_a2p, res_a2p = alg2_run(model, xi_, yi_, P, B, args.seed, device)
-        t_idf, res_idf, backwards = idf_run(model, xi_, yi_, P, B, args.seed, device)
-        m_a2p = evaluate(model, test.images, test.labels, res_a2p.delta, 10, device=device)
-        m_idf = evaluate(model, test.images, test.labels, res_idf.delta, 10, device=device)
-        idf_row = (P, n_idf, t_a2p, res_a2p.steps, m_a2p, t_idf, backwards, m_idf)
-        print(f"{P} pass(es) over {n_idf} images: Alg. 2 {t_a2p:.1f} s ({res_a2p.steps} backward passes) -> "
-              f"test top-1 {100 * m_a2p['perturbed_top1']:.1f}%; iDeepFool {t_idf:.1f} s ({backwards} backward "
-              f"passes) -> {100 * m_idf['perturbed_top1']:.1f}%; iDeepFool/Alg. 2 time {t_idf / t_a2p:.1f}×",
-              flush=True)
+        n_idf = min(args.idf_images or len(train), len(train))
+        xs, ys = x[:n_idf], y[:n_idf]
+        t_a, res_a = alg2_run(model, xs, ys, P, B, args.seed, device)
+        t_i, res_i, backwards = idf_run(model, xs, ys, P, B, args.seed, device)
+        m_a = evaluate(model, test.images, test.labels, res_a.delta, 10, device=device)
+        m_i = evaluate(model, test.images, test.labels, res_i.delta, 10, device=device)
+        idf = (P, n_idf, t_a, res_a.steps, m_a, t_i, backwards, m_i)
+        print(f"{P} pass(es) over {n_idf} images: iDeepFool / Alg. 2 time: wall {t_i.wall / t_a.wall:.1f}×, "
+              f"CPU {t_i.cpu / t_a.cpu:.1f}×; test top-1 left: Alg. 2 {100 * m_a['perturbed_top1']:.1f}%, "
+              f"iDeepFool {100 * m_i['perturbed_top1']:.1f}%", flush=True)
     load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
+    step_ms = 1000 * med(floors, "cpu") / steps
     rows = [
-        ("floor: forward + input-gradient backward", f"{t_floor:.2f} s", f"{E} epochs × {steps // E} batches", "", ""),
-        ("Alg. 2 (pgd, β = 9, ε = 8)", f"{t_alg2:.2f} s", f"{steps} steps",
-         f"{t_alg2 / t_floor:.3f}× floor", "≤ 1.05"),
-        ("two bare forward passes", f"{t_bare:.2f} s", f"{len(test)} images × 2", "", ""),
-        ("evaluate(…, δ)", f"{t_eval:.2f} s", f"{2 * len(test) / t_eval:.0f} images/s",
-         f"{t_bare / t_eval:.3f} of bare", "≥ 0.95"),
+        ("floor: forward + input-gradient backward", spread(floors, "wall"), spread(floors, "cpu"),
+         f"{E} epochs × {steps // E} batches", "", ""),
+        ("Alg. 2 (pgd, β = 9, ε = 8)", spread(alg2, "wall"), spread(alg2, "cpu"), f"{steps} steps",
+         f"**{r_wall:.3f}×** floor (CPU: **{r_cpu:.3f}×**)", "≤ 1.05"),
+        ("two bare forward passes", spread(bares, "wall"), spread(bares, "cpu"), f"{len(test)} images × 2", "", ""),
+        ("evaluate(…, δ)", spread(evals, "wall"), spread(evals, "cpu"),
+         f"{2 * len(test) / med(evals, 'wall'):.0f} images/s",
+         f"**{e_wall:.3f}** of bare throughput (CPU: **{e_cpu:.3f}**)", "≥ 0.95"),
     ]
-    if idf_row:
-        P, n_idf, t_a2p, s_a2p, m_a2p, t_idf, bw, m_idf = idf_row
+    if ov:
+        rows.append(("engine overhead per step (x+δ, clamp, projection, history), on a linear model", "",
+                     f"{ov[1] - ov[0]:.2f} ms/step", f"{ov[1]:.2f} vs {ov[0]:.2f} ms/step",
+                     f"{(ov[1] - ov[0]) / step_ms:.1%} of a ResNet-20 step", ""))
+    if idf:
+        P, n_idf, t_a, s_a, m_a, t_i, bw, m_i = idf
         rows += [
-            (f"Alg. 2, {P} pass(es) over {n_idf} images", f"{t_a2p:.1f} s", f"{s_a2p} backward",
-             f"test top-1 {100 * m_a2p['perturbed_top1']:.1f}%", ""),
-            (f"iDeepFool, {P} pass(es) over {n_idf} images", f"{t_idf:.1f} s", f"{bw} backward",
-             f"test top-1 {100 * m_idf['perturbed_top1']:.1f}%; {t_idf / t_a2p:.1f}× Alg. 2's time",
-             "paper: ≈ 13×"),
+            (f"Alg. 2, {P} pass(es) over {n_idf} images", f"{t_a.wall:.1f} s", f"{t_a.cpu:.1f} s",
+             f"{s_a} backward passes", f"test top-1 {100 * m_a['perturbed_top1']:.1f}%", ""),
+            (f"iDeepFool, {P} pass(es) over {n_idf} images", f"{t_i.wall:.1f} s", f"{t_i.cpu:.1f} s",
+             f"{bw} backward passes", f"test top-1 {100 * m_i['perturbed_top1']:.1f}%; "
+             f"**{t_i.wall / t_a.wall:.1f}×** Alg. 2's time (CPU: **{t_i.cpu / t_a.cpu:.1f}×**)", "paper: ≈ 13×"),
         ]
-    header = ("measure", "median time", "work", "result", "target")
+    header = ("measure", "wall: median (range)", "CPU: median (range)", "work", "result", "target")
+    summary = (f"Clean test top-1 {100 * m_alg2['clean_top1']:.1f}% → {100 * m_alg2['perturbed_top1']:.1f}% "
+               f"under the {E}-epoch Alg. 2 δ ({len(test)} test images).")
     print()
-    print(fmt_table(rows, header, markdown=False))
-    print(f"\nclean test top-1 {100 * m_alg2['clean_top1']:.1f}% -> {100 * m_alg2['perturbed_top1']:.1f}% under the "
-          f"{E}-epoch Alg. 2 δ ({len(test)} test images)")
+    print(fmt_table([tuple(c.replace("**", "") for c in r) for r in rows], header, markdown=False))
+    print("\n" + summary)
     if args.markdown:
         cmd = "python bench/bench_attack.py " + " ".join(sys.argv[1:] if argv is None else argv)
         print("\n" + "-" * 80 + "\n")
@@ -290,8 +346,7 @@ def main(argv=None) -> int:
         print(f"Model: {model_desc}. Attack set: {len(train)} CIFAR-10 training images, batch {B}; "
               f"medians of {R} interleaved runs.\n")
         print(fmt_table(rows, header, markdown=True))
-        print(f"\nClean test top-1 {100 * m_alg2['clean_top1']:.1f}% → {100 * m_alg2['perturbed_top1']:.1f}% under "
-              f"the {E}-epoch Alg. 2 δ ({len(test)} test images).")
+        print("\n" + summary)
     return 0
 
 

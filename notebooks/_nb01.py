@@ -29,7 +29,7 @@ def cells():
         elif USE_CIFAR:
             TRAIN_SIZE, TEST_SIZE, EPOCHS = 2000, 2000, 10      # ResNet-20 on a CPU: about a minute per attack
         else:
-            TRAIN_SIZE, TEST_SIZE, EPOCHS = 1297, 500, 10       # all digits: seconds per attack
+            TRAIN_SIZE, TEST_SIZE, EPOCHS = 1297, 500, 5        # all digits: seconds per attack
         """, imports="""
         import torch.nn.functional as F
         from uat_core.attacks import OPTIMIZERS, AttackConfig, UniversalAttack

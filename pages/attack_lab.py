@@ -11,7 +11,10 @@ from uat_core.evaluation import evaluate
 from uat_core.export import comparison_grid
 from webapp import live, state, ui
 from webapp import settings as S
+from webapp.boot import through_app
 from webapp.jobs import page_job
+
+through_app()
 
 PAGE = "lab"
 ds = state.dataset()
@@ -34,8 +37,9 @@ norm = sb.radio("Norm", ["linf", "l2"], format_func={"linf": "ℓ∞", "l2": "�
 if norm == "linf":
     eps = sb.slider("ε (0-255 units)", 0, 32, d["eps"], help=D["why_eps"], **ui.w(PAGE, "eps"))
 else:
-    eps = sb.slider("ε, ℓ2 radius (0-255 units)", 0, D["eps_l2_max"], D["eps_l2"], step=16,
-                    help="‖δ‖₂ ≤ ε/255 with images in [0, 1].", **ui.w(PAGE, "eps2"))
+    eps = sb.slider("ε, ℓ2 radius (0-255 units)", 0, D["eps_l2_max"], D["eps_l2"], step=5,
+                    help="‖δ‖₂ ≤ ε/255 with images in [0, 1] (the engine allows up to 255, a radius of 1).",
+                    **ui.w(PAGE, "eps2"))
 beta = sb.select_slider("β (clip of the per-image loss)", S.BETAS, d["beta"], format_func=S.fmt_beta,
                         help="min(CE, β): images already fooled stop pulling on δ (eq. 3). ∞ = plain CE.",
                         **ui.w(PAGE, "beta"))
@@ -90,7 +94,7 @@ def draw(job):
     live.progress_line(job)
     c1, c2 = st.columns([3, 1])
     with c1:
-        st.plotly_chart(plots.attack_curve(job.state["history"], title="Live: minibatch accuracy and loss"),
+        ui.chart(plots.attack_curve(job.state["history"], title="Live: minibatch accuracy and loss"),
                         key="lab_live_curve")
     with c2:
         ui.delta_picture(job.state["delta"], job.state["eps"], f"δ after step {job.state.get('step', 0)}",
@@ -119,7 +123,8 @@ def shipped_result(ds: str, algo: str, sha: str, test_size: int) -> dict:
 if picked is None:
     st.stop()
 shown = state.find(PAGE, ds, key, default_key)
-if shown.kind == "none" and picked.entry and picked.entry.get("perturbation") and state.zoo_delta(ds, s["model"]) is not None:
+shipped = picked.entry is not None and state.zoo_delta(ds, s["model"]) is not None
+if shown.kind == "none" and shipped:
     res = shipped_result(ds, s["model"], picked.entry["sha256"], d["test_size"])
     a = picked.entry.get("perturbation_attack", {})
     st.info(f"Showing the perturbation shipped with this zoo model (Alg. 2, ε = {a.get('eps')}, β = {a.get('beta')}, "
@@ -140,42 +145,42 @@ res_eps = float(ss.get("eps", eps)) if ss else float(picked.entry.get("eps", eps
 res_norm = ss.get("norm", "linf")
 m = res["metrics"]
 st.subheader("Result on the test images")
-ui.attack_metrics(m, res.get("seconds"), res.get("steps"))
-if "target_rate" in m:
-    st.metric("Target rate", ui.pct(m["target_rate"]), help="Share of test images (outside the target class) "
-              "now classified as the target")
-
-c1, c2 = st.columns([3, 2])
-with c1:
-    if res["history"]:
-        st.plotly_chart(plots.attack_curve(res["history"]), key="lab_curve")
-    else:
-        st.plotly_chart(plots.per_class_bars(classes, m["per_class_clean"], m["per_class_perturbed"],
-                                             "Per-class test accuracy, clean vs with δ"), key="lab_classes_top")
-with c2:
+left, right = st.columns([3, 2], gap="large")
+with left:
+    ui.attack_metrics(m, res.get("seconds"), res.get("steps"))
+    if "target_rate" in m:
+        st.metric("Target rate", ui.pct(m["target_rate"]), border=True, help="Share of test images (outside the "
+                  "target class) now classified as the target")
+with right:
     snaps = res.get("snapshots") or [(0, res["delta"])]
     steps_avail = [int(st_) for st_, _ in snaps]
     if len(snaps) > 1:
         frame = st.select_slider("Frame: δ after step", steps_avail, steps_avail[-1],
-                                 key=f"lab_frame_{abs(hash(shown_key)) % 10 ** 8}_{len(snaps)}")
+                                 key=f"lab_frame_{abs(hash(shown_key)) % 10 ** 8}_{len(snaps)}",
+                                 help="Scrub through the snapshots of δ taken during the run")
         delta_at = dict((int(a), b) for a, b in snaps)[frame]
     else:
         frame, delta_at = steps_avail[-1], res["delta"]
-    ui.delta_picture(delta_at, res_eps, f"δ after step {frame} (grey = 0, black = −ε, white = +ε)", size=256,
+    ui.delta_picture(delta_at, res_eps, f"δ after step {frame} (grey = 0, black = −ε, white = +ε)", size=224,
                      norm=res_norm)
 
-st.subheader("Clean vs perturbed test images")
-pv = res.get("preview")
-if pv:
-    n = pv["n"]
-    grid = comparison_grid(test.float_images(slice(0, n)), res["delta"], classes, pv["clean_pred"], pv["pert_pred"],
-                           test.labels[:n], pv["pert_conf"], scale=3 if ds == "cifar10" else 3, ncol=8)
-    st.image(grid, caption="Top: clean, with the predicted label. Bottom: the same image + δ, with the predicted "
-                           "label and its confidence. Red = wrong.", width="content")
-if res["history"]:
-    st.plotly_chart(plots.per_class_bars(classes, m["per_class_clean"], m["per_class_perturbed"],
-                                         "Per-class test accuracy, clean vs with δ"), key="lab_classes")
+c1, c2 = st.columns([3, 2], gap="large")
+with c1:
+    if res["history"]:
+        ui.chart(plots.attack_curve(res["history"]), key="lab_curve")
+    st.markdown("**Clean vs perturbed test images**")
+    pv = res.get("preview")
+    if pv:
+        n = pv["n"]
+        grid = comparison_grid(test.float_images(slice(0, n)), res["delta"], classes, pv["clean_pred"],
+                               pv["pert_pred"], test.labels[:n], pv["pert_conf"], scale=3, ncol=8)
+        st.image(grid, caption="Rows 1 and 3: clean test images with the predicted label. Rows 2 and 4: the same "
+                               "images + δ, with the predicted label and its confidence. Red = wrong.",
+                 width="stretch")
+with c2:
+    ui.chart(plots.per_class_bars(classes, m["per_class_clean"], m["per_class_perturbed"],
+                                  "Per-class test accuracy, clean vs with δ"), key="lab_classes")
 
 st.subheader("Downloads")
-stem = f"delta_{ds}_{s['model']}_eps{res_eps:g}"
+stem = f"delta_{ds}_{ss.get('model', s['model'])}_eps{res_eps:g}"
 ui.downloads(shown_key, res, ui.picture_eps(res["delta"], res_eps, res_norm), stem)

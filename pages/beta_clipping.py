@@ -10,7 +10,10 @@ from uat_core import plots
 from uat_core.experiments import summarize
 from webapp import live, state, ui
 from webapp import settings as S
+from webapp.boot import through_app
 from webapp.jobs import beta_points, page_job
+
+through_app()
 
 PAGE = "beta"
 ds = state.dataset()
@@ -81,12 +84,12 @@ def draw(job):
     c1, c2 = st.columns(2)
     with c1:
         if rows:
-            st.plotly_chart(figure(rows, job.state.get("clean_top1"))[0], key="beta_live_sweep")
+            ui.chart(figure(rows, job.state.get("clean_top1"))[0], key="beta_live_sweep")
         else:
             st.info("The first point appears when the first attack is done.")
     with c2:
         if job.state.get("history"):
-            st.plotly_chart(plots.attack_curve(job.state["history"], title=f"Now: {job.state.get('phase', '')}"),
+            ui.chart(plots.attack_curve(job.state["history"], title=f"Now: {job.state.get('phase', '')}"),
                             key="beta_live_curve")
 
 
@@ -117,7 +120,7 @@ c[2].metric(f"Accuracy at β = {S.fmt_beta(xs[best])}", ui.pct(means[best]), bor
 if inf_i is not None:
     c[3].metric("Accuracy at β = ∞ (plain CE)", ui.pct(means[inf_i]), f"{100 * (means[inf_i] - means[best]):+.1f} pp",
                 delta_color="inverse", border=True, help="How much weaker the unclipped attack is")
-st.plotly_chart(fig, key="beta_sweep")
+ui.chart(fig, key="beta_sweep")
 table = pd.DataFrame({"β": [S.fmt_beta(x) for x in xs], "accuracy under attack (%)": [100 * m for m in means],
                       "std (%)": [100 * v for v in stds],
                       "attacks": [sum(1 for r in rows if r["x"] == x) for x in xs]})

@@ -8,7 +8,10 @@ from uat_core import plots
 from uat_core.experiments import summarize
 from webapp import live, state, ui
 from webapp import settings as S
+from webapp.boot import through_app
 from webapp.jobs import page_job, size_points
+
+through_app()
 
 PAGE = "size"
 ds = state.dataset()
@@ -65,12 +68,12 @@ def draw(job):
     c1, c2 = st.columns(2)
     with c1:
         if rows:
-            st.plotly_chart(figure(rows, job.state.get("clean_top1"))[0], key="size_live_sweep")
+            ui.chart(figure(rows, job.state.get("clean_top1"))[0], key="size_live_sweep")
         else:
             st.info("The first point appears when the first attack is done.")
     with c2:
         if job.state.get("history"):
-            st.plotly_chart(plots.attack_curve(job.state["history"], title=f"Now: {job.state.get('phase', '')}"),
+            ui.chart(plots.attack_curve(job.state["history"], title=f"Now: {job.state.get('phase', '')}"),
                             key="size_live_curve")
 
 
@@ -95,7 +98,7 @@ c = st.columns(3)
 c[0].metric("Clean top-1", ui.pct(res.get("clean_top1")), border=True)
 c[1].metric(f"Under a δ from {xs[0]} images", ui.pct(means[0]), border=True)
 c[2].metric(f"Under a δ from {xs[-1]} images", ui.pct(means[-1]), border=True)
-st.plotly_chart(fig, key="size_sweep")
+ui.chart(fig, key="size_sweep")
 st.dataframe(pd.DataFrame({"n (training images)": xs, "images per class": [x / len(train.classes) for x in xs],
                            "accuracy under attack (%)": [100 * m for m in means], "std (%)": [100 * v for v in stds],
                            "steps": [next(r["steps"] for r in rows if r["x"] == x) for x in xs]}),

@@ -5,9 +5,12 @@ import pandas as pd
 import streamlit as st
 
 from uat_core import export
-from webapp import state, ui
 from webapp import settings as S
+from webapp import state, ui
+from webapp.boot import through_app
 from webapp.jobs import preview
+
+through_app()
 
 ds = state.dataset()
 D = S.DATASET[ds]
@@ -19,14 +22,14 @@ st.caption("An interactive companion to Shafahi, Najibi, Xu, Dickerson, Davis an
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def hero(ds: str, sha: str, n: int = 8) -> tuple[bytes, bytes, dict]:
+def hero(ds: str, sha: str, n: int = 8, ncol: int = 4) -> tuple[bytes, bytes, dict]:
     """The natural zoo model's shipped δ, and the first test images clean and with δ, as PNGs."""
     p = state.zoo_model(ds, "natural")
     delta = state.zoo_delta(ds, "natural")
     t = state.test_set(ds, D["test_size"])
     pv = preview(p.model, t, delta, n=n, device=state.device())
     grid = export.comparison_grid(t.float_images(slice(0, n)), delta, t.classes, pv["clean_pred"], pv["pert_pred"],
-                                  t.labels[:n], pv["pert_conf"], scale=3, ncol=n)
+                                  t.labels[:n], pv["pert_conf"], scale=3, ncol=ncol)
     eps = float(p.entry["eps"]) / 255
     return (export.png_bytes(export.delta_image(delta, eps, 6)), export.png_bytes(grid),
             {"clean": sum(int(a == b) for a, b in zip(pv["clean_pred"], t.labels[:n].tolist())),
@@ -48,14 +51,14 @@ with right:
     if "natural" in zoo and state.zoo_delta(ds, "natural") is not None:
         e = zoo["natural"]
         dpng, gpng, cnt = hero(ds, e["sha256"])
-        c1, c2 = st.columns([1, 2])
+        c1, c2 = st.columns([2, 3])
         c1.image(dpng, caption=f"δ of the natural model, ε = {e['eps']}/255 (grey = 0)", width="stretch")
-        c2.markdown(f"The natural model is right on **{ui.pct(e['clean_top1'])}** of the {ds} test images and "
+        c2.image(gpng, caption="Rows 1 and 3: test images and the natural model's predictions. Rows 2 and 4: "
+                               "the same images + δ (red = wrong, with the model's confidence).", width="stretch")
+        st.markdown(f"The natural model is right on **{ui.pct(e['clean_top1'])}** of the {ds} test images and "
                     f"on only **{ui.pct(e.get('perturbed_top1'))}** once this δ is added to all of them. "
                     f"A model trained with UAT keeps "
                     f"**{ui.pct(zoo['uat'].get('perturbed_top1')) if 'uat' in zoo else '–'}** under its own δ.")
-        st.image(gpng, caption="Top: test images and the natural model's predictions. Bottom: the same images "
-                               "+ δ (red = wrong, with the model's confidence).", width="stretch")
 
 st.divider()
 c1, c2 = st.columns(2, gap="large")
@@ -67,9 +70,9 @@ with c1:
                    f"subset of {D['test_size']:,} test images to keep the pages quick.", icon=":material/image:")
     else:
         why = "" if src is None else " (CIFAR-10 is available: switch in the sidebar)"
-        st.warning(f"**Digits**: scikit-learn's bundled 8x8 handwritten digits, upsampled to 32x32 "
+        st.info(f"**Digits**: scikit-learn's bundled 8x8 handwritten digits, upsampled to 32x32 "
                    f"(1,297 training and 500 test images), the offline fallback{why}. "
-                   f"Budgets use ε = 32/255 here: {D['why_eps']}", icon=":material/draw:")
+                   f"Budgets use ε = 32/255 here. {D['why_eps']}", icon=":material/draw:")
         if src is None:
             st.caption("CIFAR-10 is not on this machine: set `UAT_DATA` to a CIFAR-10 folder (ImageFolder with "
                        "train/ and test/, or a torchvision root) or start with `streamlit run app.py -- "
@@ -77,8 +80,7 @@ with c1:
 with c2:
     st.subheader(f"Models in use ({ds} zoo)")
     if zoo:
-        rows = [{"model": S.ALGO_LABEL.get(a, a), "architecture": e["arch"], "epochs": e.get("epochs"),
-                 "clean top-1": 100 * e["clean_top1"],
+        rows = [{"model": S.ALGO_LABEL.get(a, a), "clean top-1": 100 * e["clean_top1"],
                  "under its own δ": None if e.get("perturbed_top1") is None else 100 * e["perturbed_top1"],
                  "train s": e.get("train_seconds")} for a, e in zoo.items()]
         st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
@@ -86,8 +88,9 @@ with c2:
             "under its own δ": st.column_config.NumberColumn(format="%.1f%%",
                                                              help="Alg. 2 against that model, ε as trained"),
             "train s": st.column_config.NumberColumn("train (s)", format="%.0f")})
-        st.caption("Shipped in `assets/models` with their perturbations; `python -m uat_core.zoo list` prints "
-                   "the same table.")
+        archs = sorted({e["arch"] for e in zoo.values()})
+        st.caption(f"{', '.join(archs)} models shipped in `assets/models` with their perturbations "
+                   "(`python -m uat_core.zoo list`).")
     else:
         st.error(f"No {ds} models in the zoo yet: build them with `python -m uat_core.zoo build --dataset {ds}`.")
 
@@ -97,14 +100,12 @@ links = [
     ("pages/attack_lab.py", "Universal attack lab", "build δ live with every knob: ε, β, optimizer, norm, target"),
     ("pages/beta_clipping.py", "β clipping", "why clipping the loss makes a stronger attack (Fig. 5)"),
     ("pages/optimizer_race.py", "Optimizer race", "SGD, MSGD, ADAM and PGD on the same data (Figs. 2-3)"),
-    ("pages/idf_vs_alg2.py", "iDeepFool vs Alg. 2", "the older attack against the new one: time and accuracy (Table 2)"),
+    ("pages/idf_vs_alg2.py", "iDeepFool vs Alg. 2", "the older attack against the new one (Table 2)"),
     ("pages/data_size.py", "How much data", "how many images an attack needs (Fig. 6)"),
-    ("pages/uat_training.py", "Universal adversarial training", "train natural, UAT and low-cost live (Alg. 3/4, Table 1)"),
+    ("pages/uat_training.py", "Universal adversarial training", "train natural, UAT and low-cost live (Table 1)"),
     ("pages/transfer.py", "Transfer", "does model A's δ fool model B?"),
 ]
-cols = st.columns(2)
-for i, (f, title, what) in enumerate(links):
-    with cols[i % 2]:
-        st.page_link(f, label=f"**{title}** — {what}", icon=":material/arrow_forward:")
+for f, title, what in links:
+    st.page_link(f, label=f"**{title}** — {what}", icon=":material/arrow_forward:")
 st.caption("Every page opens with a precomputed result; press Run to compute your own. Settings live in the "
            "URL: copy it to share the exact view.")

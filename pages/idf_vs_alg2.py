@@ -7,10 +7,14 @@ import streamlit as st
 from uat_core import plots
 from webapp import live, state, ui
 from webapp import settings as S
+from webapp.boot import through_app
 from webapp.jobs import page_job
+
+through_app()
 
 PAGE = "idf"
 NAMES = {"idf": "iDeepFool (Alg. 1)", "alg2": "Alg. 2 (PGD, β = 9)"}
+SHORT = {"idf": "iDeepFool", "alg2": "Alg. 2"}
 ds = state.dataset()
 D = S.DATASET[ds]
 d = S.defaults(PAGE, ds)
@@ -57,7 +61,7 @@ def draw(job):
     c1, c2 = st.columns([3, 1])
     with c1:
         names = [m for m in ("idf", "alg2") if m in secs]
-        st.plotly_chart(plots.timing_bars([NAMES[m] for m in names], [secs[m] for m in names],
+        ui.chart(plots.timing_bars([NAMES[m] for m in names], [secs[m] for m in names],
                                           title="Live: computation time so far"), key="idf_live_time")
     with c2:
         if job.state.get("delta") is not None:
@@ -77,14 +81,17 @@ ui.shown_note(shown)
 res = shown.result
 sh_eps = float(shown.settings.get("eps", eps))
 methods = [m for m in ("idf", "alg2") if m in res]
-c = st.columns(5)
+cols = st.columns([1] + [2] * len(methods))
 if methods:
-    c[0].metric("Clean top-1", ui.pct(res[methods[0]]["clean_top1"]), border=True)
-for col, m in zip(c[1:3], methods):
-    col.metric(f"{NAMES[m]}: test acc", ui.pct(res[m]["perturbed_top1"]),
-               f"{100 * (res[m]['perturbed_top1'] - res[m]['clean_top1']):+.1f} pp", border=True)
-for col, m in zip(c[3:5], methods):
-    col.metric(f"{NAMES[m]}: seconds", f"{res[m]['seconds']:.1f}", border=True)
+    cols[0].metric("Clean top-1", ui.pct(res[methods[0]]["clean_top1"]), border=True)
+for col, m in zip(cols[1:], methods):
+    with col.container(border=True):
+        st.markdown(f"**{NAMES[m]}**")
+        a, b = st.columns(2)
+        a.metric(f"{SHORT[m]}: accuracy", ui.pct(res[m]["perturbed_top1"]),
+                 f"{100 * (res[m]['perturbed_top1'] - res[m]['clean_top1']):+.1f} pp",
+                 help="Test accuracy with this method's δ added to every test image")
+        b.metric(f"{SHORT[m]}: seconds", f"{res[m]['seconds']:.1f}", help="Computation time, page drawing excluded")
 if len(methods) == 2 and res["alg2"]["seconds"] > 0:
     st.success(f"Alg. 2 took **{res['alg2']['seconds']:.1f} s** against iDeepFool's **{res['idf']['seconds']:.1f} s** "
                f"(**{res['idf']['seconds'] / res['alg2']['seconds']:.1f}×** faster) and leaves "
@@ -92,7 +99,7 @@ if len(methods) == 2 and res["alg2"]["seconds"] > 0:
                f"**{ui.pct(res['idf']['perturbed_top1'])}**.")
 c1, c2 = st.columns([3, 2])
 with c1:
-    st.plotly_chart(plots.timing_bars([NAMES[m] for m in methods], [res[m]["seconds"] for m in methods],
+    ui.chart(plots.timing_bars([NAMES[m] for m in methods], [res[m]["seconds"] for m in methods],
                                       [res[m]["perturbed_top1"] for m in methods],
                                       title="Time to build δ (label: test accuracy under it)"), key="idf_time")
 with c2:

@@ -8,7 +8,10 @@ from uat_core import plots
 from uat_core.attacks.universal import DEFAULT_STEP
 from webapp import live, state, ui
 from webapp import settings as S
+from webapp.boot import through_app
 from webapp.jobs import page_job
+
+through_app()
 
 PAGE = "race"
 ORDER = ("sgd", "msgd", "adam", "pgd")
@@ -20,8 +23,10 @@ test = state.test_set(ds, d["test_size"])
 
 ui.header("Optimizer race",
           "The same images, the same budget ε, the same clipped loss (β = 9); only the update rule differs. "
-          "The four attacks advance one step each in turn, so their curves grow together. The paper's point: "
-          "the sign step of PGD and ADAM find a strong δ in a few steps, where plain SGD crawls.", "Figs. 2-3")
+          "The four attacks advance one step each in turn, so their curves grow together. Note the step sizes "
+          "(left): PGD and ADAM move each pixel by about τ per step whatever the size of the gradient, while "
+          "SGD and MSGD multiply the raw gradient, so their speed depends on the model's gradient scale and "
+          "on τ: try other step sizes in the attack lab.", "Figs. 2-3")
 
 sb = st.sidebar
 sb.header("Race settings")
@@ -59,7 +64,7 @@ def deltas_row(deltas: dict, eps_: float, accs: dict | None = None):
 
 def draw(job):
     live.progress_line(job)
-    st.plotly_chart(plots.race_figure({o.upper(): job.state["histories"][o] for o in ORDER}, smooth=3,
+    ui.chart(plots.race_figure({o.upper(): job.state["histories"][o] for o in ORDER}, smooth=3,
                                       title="Live: minibatch accuracy under each optimizer's δ"),
                     key="race_live")
     deltas_row(job.state["deltas"], job.state["eps"])
@@ -85,7 +90,7 @@ for c, o in zip(cols[1:], ORDER):
         c.metric(f"{S.OPT_LABEL[o]}", ui.pct(runs[o]["perturbed_top1"]),
                  f"{100 * (runs[o]['perturbed_top1'] - res['clean_top1']):+.1f} pp", border=True,
                  help="Test accuracy under this optimizer's δ")
-st.plotly_chart(plots.race_figure({o.upper(): runs[o]["history"] for o in ORDER if o in runs}, smooth=3),
+ui.chart(plots.race_figure({o.upper(): runs[o]["history"] for o in ORDER if o in runs}, smooth=3),
                 key="race_curves")
 st.markdown("**The four perturbations** (grey = 0, black = −ε, white = +ε)")
 deltas_row({o: r["delta"] for o, r in runs.items()}, shown_eps, {o: r["perturbed_top1"] for o, r in runs.items()})

@@ -7,7 +7,10 @@ import streamlit as st
 from uat_core import plots
 from webapp import live, state, ui
 from webapp import settings as S
+from webapp.boot import through_app
 from webapp.jobs import page_job
+
+through_app()
 
 PAGE = "transfer"
 ds = state.dataset()
@@ -56,7 +59,7 @@ sb.caption(f"{len(chosen)}×{len(chosen) + (1 if extra and lab_ok else 0)} evalu
 
 def draw(job):
     live.progress_line(job)
-    st.plotly_chart(plots.transfer_heatmap(job.state["matrix"], job.state["sources"], job.state["targets"]),
+    ui.chart(plots.transfer_heatmap(job.state["matrix"], job.state["sources"], job.state["targets"]),
                     key="transfer_live")
 
 
@@ -73,7 +76,7 @@ if not res.get("complete", True):
     st.warning("Stopped early: empty cells were not computed.")
 fig = plots.transfer_heatmap(res["matrix"], res["sources"], res["targets"])
 fig.update_layout(height=120 + 60 * len(res["sources"]))
-st.plotly_chart(fig, key="transfer_map")
+ui.chart(fig, key="transfer_map")
 clean = res.get("clean", {})
 st.markdown("**Clean test accuracy of each model (no δ)**")
 st.dataframe(pd.DataFrame([{t: round(100 * clean[t], 1) for t in res["targets"] if t in clean}]), hide_index=True)

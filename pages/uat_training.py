@@ -5,9 +5,13 @@ import pandas as pd
 import streamlit as st
 
 from uat_core import plots
+from uat_core.training import default_config_for
 from webapp import live, state, ui
 from webapp import settings as S
+from webapp.boot import through_app
 from webapp.jobs import page_job
+
+through_app()
 
 PAGE = "uat"
 ALGOS = ["natural", "uat", "lowcost", "fgsm", "pgd"]
@@ -46,15 +50,21 @@ def make_job():
         res = job.result
         for a, m in res["models"].items():
             state.add_session_model(ds, f"trained_{a}", m, f"{S.ALGO_SHORT[a]}, {s['epochs']} epochs")
-        state.remember(PAGE, key, s, res, private=True, complete=not job.stopping and len(res["rows"]) == len(s["algorithms"]))
+        complete = not job.stopping and len(res["rows"]) == len(s["algorithms"])
+        state.remember(PAGE, key, s, res, private=True, complete=complete)
     job = page_job(PAGE, s, train, test, arch=D["arch"], device=state.device(), on_done=done)
     job.state["eps"] = eps
     return job
 
 
+train_steps = int(epochs) * max(1, min(int(size), len(train)) // default_config_for(ds, D["arch"]).batch_size)
+if train_steps < 100:
+    sb.warning(f"A short run: {train_steps} training steps per model. Below about 100 steps the models barely "
+               f"learn (the zoo's digits models took 160).")
 live.controls(PAGE, make_job, label="Train", disabled=not algos,
               help="Trains each model from scratch in this browser session, then attacks it")
-sb.caption(f"{D['arch']} on {min(size, len(train))} {ds} images · then Alg. 2 (PGD, β = 9, {asize} images, "
+sb.caption(f"{D['arch']} on {min(size, len(train))} {ds} images, {train_steps} steps per model · then Alg. 2 "
+           f"(PGD, β = 9, {asize} images, "
            f"{aepochs} epochs) against each model · accuracy on {len(test)} test images. Trained models appear in "
            "the other pages' model lists for this session.")
 
@@ -62,10 +72,12 @@ with st.expander("The two algorithms", expanded=False):
     c1, c2 = st.columns(2)
     c1.markdown("**Alg. 3 (uFGSM)**, per minibatch")
     c1.latex(r"\theta \leftarrow \theta - \alpha\,\nabla_\theta\,\ell(x+\delta)")
-    c1.latex(r"\delta \leftarrow \Pi_\epsilon\big(\delta + \epsilon\,\mathrm{sign}(\mathbb{E}\,\nabla_\delta\,\ell(x+\delta))\big)")
+    c1.latex(r"\delta \leftarrow \Pi_\epsilon\big(\delta + \epsilon\,"
+             r"\mathrm{sign}(\mathbb{E}\,\nabla_\delta\,\ell(x+\delta))\big)")
     c2.markdown("**Alg. 4 (low-cost)**: one backward pass gives both gradients")
     c2.latex(r"(g_\theta, g_\delta) = \nabla_{(\theta,\delta)}\,\ell(x+\delta)")
-    c2.latex(r"\theta \leftarrow \theta - \alpha g_\theta,\quad \delta \leftarrow \Pi_\epsilon(\delta + \epsilon\,\mathrm{sign}(g_\delta))")
+    c2.latex(r"\theta \leftarrow \theta - \alpha g_\theta,\quad "
+             r"\delta \leftarrow \Pi_\epsilon(\delta + \epsilon\,\mathrm{sign}(g_\delta))")
 
 
 def draw(job):
@@ -75,10 +87,10 @@ def draw(job):
     c1, c2 = st.columns([3, 1])
     with c1:
         if cur in ("uat", "lowcost") and cur in hist and hist[cur]:
-            st.plotly_chart(plots.before_after_figure(hist[cur], title=f"Live: {S.ALGO_SHORT[cur]}, minibatch accuracy "
+            ui.chart(plots.before_after_figure(hist[cur], title=f"Live: {S.ALGO_SHORT[cur]}, minibatch accuracy "
                                                       "before and after the ascent step on δ"), key="uat_live_ba")
         elif hist:
-            st.plotly_chart(plots.training_curves({a: h for a, h in hist.items() if h},
+            ui.chart(plots.training_curves({a: h for a, h in hist.items() if h},
                                                   title="Live: minibatch training accuracy"), key="uat_live_acc")
     with c2:
         td = job.state.get("train_deltas", {})
@@ -108,7 +120,8 @@ def zoo_view() -> dict | None:
         p = e.get("passes") or {}
         rows.append({"name": S.ALGO_SHORT.get(a, a), "algorithm": a, "clean_top1": e["clean_top1"],
                      "robust_top1": e.get("perturbed_top1", e.get("robust_top1")),
-                     "train_seconds": e.get("train_seconds"), "forward": p.get("forward"), "backward": p.get("backward")})
+                     "train_seconds": e.get("train_seconds"), "forward": p.get("forward"),
+                     "backward": p.get("backward")})
         dz = state.zoo_delta(ds, a)
         if dz is not None:
             deltas[a] = dz
@@ -144,29 +157,34 @@ if not rows:
     st.warning("Training was stopped before any model was attacked.")
     st.stop()
 by = {r["algorithm"]: r for r in rows}
+st.markdown("**Test accuracy under a universal attack built against each model** (clean accuracy below)")
 cols = st.columns(len(rows))
 for c, r in zip(cols, rows):
-    c.metric(f"{S.ALGO_SHORT.get(r['algorithm'], r['algorithm'])}: under attack", ui.pct(r["robust_top1"]),
-             f"clean {ui.pct(r['clean_top1'])}", delta_color="off", border=True)
+    c.metric(S.ALGO_SHORT.get(r["algorithm"], r["algorithm"]), ui.pct(r["robust_top1"]),
+             f"clean {ui.pct(r['clean_top1'])}",
+             delta_color="off", delta_arrow="off", border=True, help=S.ALGO_LABEL.get(r["algorithm"]))
 c1, c2 = st.columns([3, 2])
 with c1:
-    st.plotly_chart(plots.robustness_bars([{**r, "name": S.ALGO_SHORT.get(r["algorithm"], r["algorithm"])} for r in rows],
-                                          title="Clean vs universal-attack test accuracy"), key="uat_bars")
+    ui.chart(plots.robustness_bars([{**r, "name": S.ALGO_SHORT.get(r["algorithm"], r["algorithm"])} for r in rows],
+                                   title="Clean vs universal-attack test accuracy"), key="uat_bars")
 with c2:
-    st.markdown("**Table 1**")
-    st.dataframe(_table(rows), hide_index=True)
-    if "natural" in by and "lowcost" in by and by["lowcost"].get("forward"):
-        st.caption("Low-cost UAT uses as many forward/backward passes as natural training; uFGSM twice as many.")
-
-st.subheader("The perturbations that attack each model")
-st.caption("Alg. 2 built from scratch against each trained model. Against the natural model δ is a texture "
-           "spread over the image; against the robust models it has to look like the objects themselves (Figs. 4, 7).")
-dl = res.get("attack_deltas", {})
-cols = st.columns(max(1, len(dl)))
-for c, (a, dd) in zip(cols, dl.items()):
-    r = by.get(a)
-    ui.delta_picture(dd, sh_eps, f"{S.ALGO_SHORT.get(a, a)}" + (f" · acc {ui.pct(r['robust_top1'])}" if r else ""),
-                     where=c, size=160)
+    st.markdown("**The perturbations that attack each model**")
+    dl = res.get("attack_deltas", {})
+    per_row = 3
+    items = list(dl.items())
+    for i in range(0, len(items), per_row):
+        cols = st.columns(per_row)
+        for c, (a, dd) in zip(cols, items[i:i + per_row]):
+            r = by.get(a)
+            ui.delta_picture(dd, sh_eps, f"{S.ALGO_SHORT.get(a, a)}" + (f" · {ui.pct(r['robust_top1'])}" if r else ""),
+                             where=c, size=128)
+    st.caption("Alg. 2 built from scratch against each model. Against the natural model δ is a texture spread "
+               "over the image; against the robust models it must look more like the digits or objects "
+               "themselves (Figs. 4, 7).")
+st.markdown("**Table 1**")
+st.dataframe(_table(rows), hide_index=True)
+if "natural" in by and "lowcost" in by and by["lowcost"].get("forward"):
+    st.caption("Low-cost UAT uses as many forward/backward passes as natural training; uFGSM twice as many.")
 
 hist = res.get("histories", {})
 if hist:
@@ -176,12 +194,12 @@ if hist:
         with t:
             if a in ("uat", "lowcost", "uadam") and any("acc_after" in x for x in h):
                 cc1, cc2 = st.columns([3, 1])
-                cc1.plotly_chart(plots.before_after_figure(h), key=f"uat_ba_{a}")
+                ui.chart(plots.before_after_figure(h), key=f"uat_ba_{a}", where=cc1)
                 if a in res.get("train_deltas", {}):
                     ui.delta_picture(res["train_deltas"][a], sh_eps, "the universal δ at the end of training",
                                      where=cc2)
                 cc1.caption("The shaded gap: how much one ascent step on δ still hurts the current weights.")
             else:
-                st.plotly_chart(plots.training_curves({a: h}), key=f"uat_acc_{a}")
+                ui.chart(plots.training_curves({a: h}), key=f"uat_acc_{a}")
     with tabs[-1]:
-        st.plotly_chart(plots.training_curves({a: h for a, h in hist.items()}), key="uat_acc_all")
+        ui.chart(plots.training_curves({a: h for a, h in hist.items()}), key="uat_acc_all")

@@ -236,7 +236,8 @@ def test_attack_contract_and_no_overwrite(cli, tmp_path, digits_model):
     assert len(m["history"]) == steps and m["history"][-1]["step"] == steps
 
     gif = Image.open(out / "perturbation.gif")
-    assert gif.n_frames == len(range(3, steps + 1, 3)) + (steps % 3 != 0)
+    # snapshots at steps 3, 6 and the last; Pillow merges identical consecutive frames, so "at most"
+    assert 2 <= gif.n_frames <= len(range(3, steps + 1, 3)) + (steps % 3 != 0)
     gif.seek(gif.n_frames - 1)
     last = np.asarray(gif.convert("L"), dtype=int)
     assert np.abs(last - png.astype(int)).max() <= 2         # last frame = final δ, same scale as the PNG

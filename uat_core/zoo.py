@@ -48,8 +48,8 @@ RECIPES = {
         "eps": 8, "model": "resnet20", "attack_size": 2000,
         "models": {
             "natural": ["--algorithm", "natural", "--epochs", "10", "--schedule", "onecycle", "--lr", "0.2"],
-            "lowcost": ["--algorithm", "lowcost", "--epochs", "10", "--schedule", "onecycle", "--lr", "0.2"],
-            "uat": ["--algorithm", "uat", "--epochs", "8", "--schedule", "onecycle", "--lr", "0.2"],
+            "lowcost": ["--algorithm", "lowcost", "--epochs", "8", "--schedule", "onecycle", "--lr", "0.2"],
+            "uat": ["--algorithm", "uat", "--epochs", "6", "--schedule", "onecycle", "--lr", "0.2"],
             "fgsm": ["--algorithm", "fgsm", "--epochs", "8", "--schedule", "onecycle", "--lr", "0.2"],
             "pgd": ["--algorithm", "pgd", "--pgd-steps", "3", "--epochs", "6", "--schedule", "onecycle", "--lr", "0.2"],
             "uadam": ["--algorithm", "uat", "--delta-rule", "adam", "--delta-lr", "1", "--epochs", "8",

@@ -19,6 +19,7 @@ Generators (each takes the job first and returns a plain result dict of floats, 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Any, Callable, Generator
 
@@ -49,9 +50,22 @@ class Job:
         self.started = time.time()
         self.on_done = on_done
         self._gen = gen_fn(self, *args, **kwargs)
+        self._lock = threading.Lock()
 
     def pump(self, budget: float = 0.4) -> int:
-        """Advance for about ``budget`` seconds (at least one step); returns the number of steps taken."""
+        """Advance for about ``budget`` seconds (at least one step); returns the number of steps taken.
+
+        Safe to call from several threads (Streamlit may start a new script run while a fragment run is
+        still busy): a caller that finds the job already being advanced returns 0 at once.
+        """
+        if not self._lock.acquire(blocking=False):
+            return 0
+        try:
+            return self._pump(budget)
+        finally:
+            self._lock.release()
+
+    def _pump(self, budget: float) -> int:
         t0, n = time.perf_counter(), 0
         while not self.done:
             try:
@@ -251,7 +265,7 @@ def race_job(job: Job, model, attack_set: ImageData, test: ImageData, s: dict, d
             yield
     job.current = None
     out = {}
-    for i, o in enumerate(optimizers):
+    for o in optimizers:
         job.state["phase"] = f"evaluating {o.upper()}'s δ on {len(test)} test images"
         yield
         res = runs[o].result

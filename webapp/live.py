@@ -91,7 +91,15 @@ def panel(slot: str, draw: Callable[[Job], None]) -> Job | None:
         if j is None:
             return
         if not j.done:
+            # Say at once what is happening: the pump below may take a while before anything is drawn.
+            note = st.empty()
+            if j.stopping:
+                note.info("Stopping: the current step finishes, then the partial δ is measured on the test "
+                          "images …", icon=":material/stop_circle:")
+            elif j.progress == 0:
+                note.progress(0.0, text="Starting …")
             j.pump(math.inf if sync else CHUNK)
+            note.empty()
         if j.done and not getattr(j, "_finished", False):
             j._finished = True
             if j.error:
@@ -135,7 +143,8 @@ def background(current: str, names: dict[str, str]) -> None:
                 st.toast(f"{names.get(slot, slot)}: finished", icon="✅")
                 ended = True
             if not j.done:
-                st.caption(f"⏳ {names.get(slot, slot)}: {100 * j.progress:.0f}% — running in the background")
+                st.caption(f":material/hourglass_top: {names.get(slot, slot)}: {100 * j.progress:.0f}% — running in "
+                           "the background")
         if ended and not sync and not any(not j.done for j in jobs().values()):
             st.rerun()                     # stops this fragment's timer
 

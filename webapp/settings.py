@@ -15,14 +15,14 @@ DATASETS = ("digits", "cifar10")
 # Per dataset: the architecture of its zoo, the default budget and the choices offered.
 DATASET = {
     "digits": {
-        "arch": "smallcnn", "eps": 32, "eps_l2": 512, "eps_l2_max": 2048, "test_size": 500,
+        "arch": "smallcnn", "eps": 32, "eps_l2": 255, "eps_l2_max": 255, "test_size": 500,
         "attack_sizes": [100, 250, 500, 1000, 1297], "train_sizes": [250, 500, 1297],
         "why_eps": "Digits are 8x8 images blown up to 32x32 with few grey levels, so the network "
                    "separates them with a wide margin: ε = 32/255 plays the role that ε = 8/255 "
                    "plays on CIFAR-10.",
     },
     "cifar10": {
-        "arch": "resnet20", "eps": 8, "eps_l2": 256, "eps_l2_max": 1024, "test_size": 1000,
+        "arch": "resnet20", "eps": 8, "eps_l2": 128, "eps_l2_max": 255, "test_size": 1000,
         "attack_sizes": [250, 500, 1000, 2000, 5000, 10000], "train_sizes": [1000, 5000, 10000, 50000],
         "why_eps": "ε = 8/255 is the paper's budget for CIFAR-10.",
     },
@@ -60,7 +60,7 @@ def defaults(page: str, ds: str) -> dict:
                 "epochs": _per(ds, 8, 1), "train_size": _per(ds, 1297, 5000), "delta_rule": "fgsm",
                 "attack_size": _per(ds, 500, 1000), "attack_epochs": _per(ds, 5, 3), "seed": 0}
     if page == "idf":
-        return {**base, "attack_size": _per(ds, 128, 128), "idf_passes": 2, "alg2_epochs": 20,
+        return {**base, "attack_size": _per(ds, 128, 64), "idf_passes": 2, "alg2_epochs": 20,
                 "idf_batch": 8}
     if page == "size":
         return {**base, "sizes": _per(ds, [25, 50, 100, 250, 500, 1297], [50, 100, 250, 500, 1000, 2000]),

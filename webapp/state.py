@@ -155,7 +155,7 @@ def load_upload(data: bytes, ds: str) -> Picked:
             model, meta = load_checkpoint(path, expect={"num_classes": info["num_classes"], "shape": info["shape"]},
                                           device=device())
         except UATError as e:
-            raise UATError(str(e).replace(str(path), "the uploaded file")) from None
+            raise UATError(f"{str(e).replace(str(path), 'the uploaded file')} (the app is showing {ds})") from None
     if meta.get("dataset") != ds or int(meta.get("image_size", 0)) != info["shape"][1]:
         raise UATError(f"the uploaded model was trained on {meta.get('dataset')} "
                        f"({meta.get('image_size')}x{meta.get('image_size')} images), but the app is showing {ds}: "
@@ -196,7 +196,7 @@ class ResultStore:
 
 @st.cache_resource
 def _global_store() -> ResultStore:
-    return ResultStore(256)
+    return ResultStore(128)
 
 
 def _session_store() -> ResultStore:

@@ -32,6 +32,14 @@ def header(title: str, intro: str, paper: str | None = None) -> None:
     st.markdown(intro)
 
 
+def chart(fig, key: str, where=None) -> None:
+    """A uat_core.plots figure, with room between its title and the legend above the plot."""
+    where = where or st
+    fig.update_layout(title=dict(y=0.98, yanchor="top"), margin=dict(t=90),
+                      legend=dict(y=1.02, yanchor="bottom"))
+    where.plotly_chart(fig, key=key)
+
+
 def picture_eps(delta: torch.Tensor, eps: float, norm: str = "linf") -> float:
     """The ε (pixel units) of the δ/(2ε)+0.5 picture scale: ε itself for ℓ∞, max |δ| for ℓ2."""
     if norm == "linf":
@@ -58,18 +66,24 @@ def model_select(page: str, ds: str, where=None, label: str = "Model", upload: b
     if not options:
         where.error(f"No {ds} models in the zoo yet (assets/models/manifest.json).")
         return None
+    if not zoo:
+        where.warning(f"No {ds} zoo models yet: upload a checkpoint, or train one on the training page.")
 
-    def fmt(o: str) -> str:
+    def fmt(o: str) -> str:                   # also the value in the URL: keep it short and stable
         if o == "upload":
             return "Upload a checkpoint …"
         if o in zoo:
-            return f"{S.ALGO_LABEL.get(o, o)} · {pct(zoo[o]['clean_top1'])} clean"
+            return S.ALGO_LABEL.get(o, o)
         return f"{session[o].label} (trained here)"
 
     choice = where.selectbox(label, options, index=options.index(default) if default in options else 0,
                              format_func=fmt, help="Zoo models ship with the app (assets/models). Models you "
                              "train on the training page appear here for this browser session only.",
                              **w(page, "model"))
+    if choice in zoo:
+        e = zoo[choice]
+        where.caption(f"{e['arch']}, {pct(e['clean_top1'])} clean test accuracy, "
+                      f"{pct(e.get('perturbed_top1'))} under its shipped δ (ε = {e['eps']})")
     if choice in zoo:
         return state.zoo_model(ds, choice)
     if choice in session:
@@ -108,22 +122,22 @@ def _readable(s: dict) -> dict:
 
 
 def attack_metrics(m: dict, seconds: float | None = None, steps: int | None = None, where=None) -> None:
-    """Clean / perturbed top-1 and top-5, fooling ratio and seconds as a row of st.metric."""
+    """Clean / perturbed top-1 and top-5, fooling ratio and seconds: two rows of st.metric."""
     where = where or st
-    cols = where.columns(6 if seconds is not None else 5)
-    drop = m["perturbed_top1"] - m["clean_top1"]
-    cols[0].metric("Clean top-1", pct(m["clean_top1"]), border=True)
-    cols[1].metric("Perturbed top-1", pct(m["perturbed_top1"]), f"{100 * drop:+.1f} pp", border=True,
-                   help="Test accuracy with the same δ added to every test image")
-    cols[2].metric("Clean top-5", pct(m["clean_top5"]), border=True)
-    cols[3].metric("Perturbed top-5", pct(m["perturbed_top5"]), f"{100 * (m['perturbed_top5'] - m['clean_top5']):+.1f} pp",
-                   border=True)
-    cols[4].metric("Fooling ratio", pct(m["fooling_ratio"]), border=True,
-                   help="Share of test images whose top-1 prediction changes when δ is added")
+    r1, r2 = where.columns(3), where.columns(3)
+    r1[0].metric("Clean top-1", pct(m["clean_top1"]), border=True)
+    r1[1].metric("Perturbed top-1", pct(m["perturbed_top1"]),
+                 f"{100 * (m['perturbed_top1'] - m['clean_top1']):+.1f} pp", border=True,
+                 help="Test accuracy with the same δ added to every test image")
+    r1[2].metric("Fooling ratio", pct(m["fooling_ratio"]), border=True,
+                 help="Share of test images whose top-1 prediction changes when δ is added")
+    r2[0].metric("Clean top-5", pct(m["clean_top5"]), border=True)
+    r2[1].metric("Perturbed top-5", pct(m["perturbed_top5"]),
+                 f"{100 * (m['perturbed_top5'] - m['clean_top5']):+.1f} pp", border=True)
     if seconds is not None:
-        cols[5].metric("Seconds", f"{seconds:.1f}", border=True,
-                       help=f"Computation time of the attack{f' ({steps} steps)' if steps else ''}, "
-                            "excluding the time the page spends drawing")
+        r2[2].metric("Seconds", f"{seconds:.1f}", border=True,
+                     help=f"Computation time of the attack{f' ({steps} steps)' if steps else ''}, "
+                          "excluding the time the page spends drawing")
 
 
 def _jsonable(o):

@@ -1,0 +1,433 @@
+"""The Streamlit demonstrator, page by page, with ``streamlit.testing.v1.AppTest``.
+
+Every page is opened, its widgets set, its Run pressed, and the numbers it shows are compared with the
+engine run directly (``uat_core``) on the same settings. Jobs run in "sync" mode here (a session flag:
+a job finishes in the script run that starts it), except for the Stop test, which drives the chunked
+fragment by hand. AppTest cannot see plotly charts, images or downloads: the figure specs are read
+from the element protos, and the download bytes are checked through ``webapp.ui``.
+All on the offline digits data: a few seconds per page on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import pickle
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from uat_core.attacks import AttackConfig, IDeepFool, IDFConfig, UniversalAttack
+from uat_core.data import load_dataset
+from uat_core.evaluation import evaluate, predict
+from uat_core.zoo import ZOO_DIR, list_models, load_zoo_model, load_zoo_perturbation
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "app.py"
+
+
+@pytest.fixture(autouse=True)
+def _digits_only(monkeypatch, tmp_path_factory):
+    """No CIFAR-10 anywhere: the app must fall back to the digits and say so."""
+    monkeypatch.delenv("UAT_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+    monkeypatch.setenv("UAT_THREADS", "1")             # the app's torch threads = the reference's
+
+
+@pytest.fixture(scope="module")
+def eng():
+    """The engine's view of the same data and model, for reference computations."""
+    torch.set_num_threads(1)
+    train = load_dataset("digits", "train", progress=False)
+    test = load_dataset("digits", "test", progress=False)
+    model, _ = load_zoo_model("digits_smallcnn_natural")
+    return {"train": train, "test": test, "model": model}
+
+
+def open_page(page: str, sync: bool = True, params: dict | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=300)
+    at.session_state["_uat_sync"] = sync
+    for k, v in (params or {}).items():
+        at.query_params[k] = v
+    at.run()
+    if page != "home":
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def metric(at: AppTest, label: str) -> float:
+    m = next(m for m in at.metric if m.label == label)
+    return float(m.value.rstrip("%"))
+
+
+def latest(at: AppTest, page: str) -> dict:
+    return at.session_state["_latest"][page]
+
+
+def ref_attack(eng, size: int, model=None, **cfg) -> tuple[torch.Tensor, dict]:
+    model = model or eng["model"]
+    sub = eng["train"].subset(size, seed=cfg.get("seed", 0))
+    res = UniversalAttack(model, sub.float_images(), sub.labels, AttackConfig(**cfg)).run()
+    return res.delta, evaluate(model, eng["test"].images, eng["test"].labels, res.delta, 10, target=cfg.get("target"))
+
+
+def top1(model, test, delta) -> float:
+    top, _ = predict(model, test.images, delta, topk=1)
+    return (top[:, 0] == test.labels).float().mean().item()
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def no_errors(at: AppTest) -> None:
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+
+
+# ---- Home and the default views ----------------------------------------------------------------------
+
+def test_home_says_which_data_and_models_are_in_use():
+    at = open_page("home")
+    no_errors(at)
+    assert at.title[0].value == "UAT Lab"
+    assert any("Digits" in w.value and "offline fallback" in w.value for w in at.info)
+    table = at.dataframe[0].value
+    zoo = {e["algorithm"]: e for e in list_models("digits")}
+    assert len(table) == len(zoo)
+    nat = table[table["model"] == "natural"].iloc[0]
+    assert nat["clean top-1"] == pytest.approx(100 * zoo["natural"]["clean_top1"])
+    assert nat["under its own δ"] == pytest.approx(100 * zoo["natural"]["perturbed_top1"])
+    assert len(at.get("page_link")) == 7
+    assert at.selectbox(key="dataset").options == ["Digits (offline, 1×32×32)"]
+
+
+@pytest.mark.parametrize("page", ["attack_lab", "beta_clipping", "optimizer_race", "uat_training", "idf_vs_alg2",
+                                  "data_size", "transfer"])
+def test_default_view_shows_a_result_before_any_click(page):
+    at = open_page(page)
+    no_errors(at)
+    assert len(at.metric) > 0 or len(charts(at)) > 0
+    assert not at.session_state["_jobs"] if "_jobs" in at.session_state else True     # nothing was computed
+    assert not any("No result" in i.value or "No matrix" in i.value for i in at.info)
+
+
+def test_attack_lab_default_is_the_shipped_precomputed_run():
+    from webapp import settings as S
+    from webapp.precompute import load_precomputed
+    at = open_page("attack_lab")
+    entry = {e["algorithm"]: e for e in list_models("digits")}["natural"]
+    res = load_precomputed("digits")[S.key("lab", "digits", S.zoo_tag(entry), S.defaults("lab", "digits"))]
+    assert metric(at, "Perturbed top-1") == pytest.approx(round(100 * res["metrics"]["perturbed_top1"], 1))
+    curve = next(c for c in charts(at) if "minibatch accuracy" in c["layout"]["title"]["text"])
+    assert len(curve["data"][0]["x"]) == res["steps"]
+
+
+# ---- Attack lab ----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_attack_lab_run_matches_the_engine_and_caches_by_settings(eng):
+    at = open_page("attack_lab")
+    at.slider(key="lab_eps").set_value(16)
+    at.select_slider(key="lab_beta").set_value(math.inf)
+    at.segmented_control(key="lab_opt").set_value("adam")
+    at.select_slider(key="lab_size").set_value(100)
+    at.slider(key="lab_epochs").set_value(2).run()
+    assert any("Press **Run**" in i.value for i in at.info)           # not computed yet: says so
+    at.button(key="lab_run").click().run()
+    no_errors(at)
+    delta, m = ref_attack(eng, 100, eps=16, beta=math.inf, optimizer="adam", epochs=2, seed=0)
+    got = latest(at, "lab")["result"]
+    assert torch.allclose(got["delta"], delta, atol=1e-6)
+    assert metric(at, "Perturbed top-1") == pytest.approx(round(100 * m["perturbed_top1"], 1))
+    assert metric(at, "Perturbed top-5") == pytest.approx(round(100 * m["perturbed_top5"], 1))
+    assert metric(at, "Fooling ratio") == pytest.approx(round(100 * m["fooling_ratio"], 1))
+    assert got["delta"].abs().max().item() <= 16 / 255 + 1e-6
+    assert len(got["history"]) == 2 and got["steps"] == 2
+    job = at.session_state["_jobs"]["lab"]
+    # Another ε: the last run stays on screen, labelled; back to 16: the stored result, no new job.
+    at.slider(key="lab_eps").set_value(20).run()
+    assert any("Showing your last run" in i.value for i in at.info)
+    at.slider(key="lab_eps").set_value(16).run()
+    assert not any("Showing" in i.value for i in at.info)
+    assert at.session_state["_jobs"]["lab"] is job
+    assert metric(at, "Perturbed top-1") == pytest.approx(round(100 * m["perturbed_top1"], 1))
+
+
+@pytest.mark.slow
+def test_attack_lab_targeted_run_reports_the_target_rate(eng):
+    at = open_page("attack_lab")
+    at.select_slider(key="lab_size").set_value(100)
+    at.slider(key="lab_epochs").set_value(1)
+    at.selectbox(key="lab_target").set_value(3).run()
+    at.button(key="lab_run").click().run()
+    no_errors(at)
+    _, m = ref_attack(eng, 100, eps=32, beta=9.0, optimizer="pgd", epochs=1, seed=0, target=3)
+    assert metric(at, "Target rate") == pytest.approx(round(100 * m["target_rate"], 1))
+
+
+@pytest.mark.slow
+def test_attack_lab_l2_with_a_chosen_step_size(eng):
+    at = open_page("attack_lab")
+    at.radio(key="lab_norm").set_value("l2").run()
+    at.slider(key="lab_eps2").set_value(200)
+    at.segmented_control(key="lab_opt").set_value("sgd")
+    at.number_input(key="lab_step").set_value(20000.0)
+    at.select_slider(key="lab_size").set_value(100)
+    at.slider(key="lab_epochs").set_value(2).run()
+    at.button(key="lab_run").click().run()
+    no_errors(at)
+    delta, m = ref_attack(eng, 100, eps=200, norm="l2", optimizer="sgd", step_size=20000.0, epochs=2, seed=0)
+    got = latest(at, "lab")["result"]["delta"]
+    assert torch.allclose(got, delta, atol=1e-6)
+    assert got.norm().item() <= 200 / 255 + 1e-4
+    assert metric(at, "Perturbed top-1") == pytest.approx(round(100 * m["perturbed_top1"], 1))
+
+
+@pytest.mark.slow
+def test_stop_ends_the_run_and_keeps_the_partial_result():
+    at = open_page("attack_lab", sync=False)
+    at.select_slider(key="lab_size").set_value(1297)
+    at.slider(key="lab_epochs").set_value(20).run()
+    at.button(key="lab_run").click().run()               # one chunk of the live fragment
+    job = at.session_state["_jobs"]["lab"]
+    assert not job.done and 0 < len(job.state["history"]) < 220
+    assert at.button(key="lab_run").disabled and not at.button(key="lab_stop").disabled
+    at.button(key="lab_stop").click().run()
+    at.run()
+    no_errors(at)
+    assert job.done and job.result["stopped"] and job.result["steps"] < 220
+    assert any("stopped after" in w.value for w in at.warning)
+    assert not at.button(key="lab_run").disabled
+
+
+def test_shared_link_reproduces_the_settings():
+    at = open_page("home", params={"lab_eps": "16", "lab_opt": "ADAM", "lab_model": "uFGSM (Alg. 3)",
+                                           "lab_epochs": "7", "lab_beta": "∞"})
+    at.switch_page("pages/attack_lab.py").run()
+    assert at.slider(key="lab_eps").value == 16
+    assert at.segmented_control(key="lab_opt").value == "adam"
+    assert at.selectbox(key="lab_model").value == "uat"
+    assert at.slider(key="lab_epochs").value == 7
+    assert at.select_slider(key="lab_beta").value == math.inf
+
+
+def test_settings_survive_a_page_switch():
+    at = open_page("attack_lab")
+    at.slider(key="lab_eps").set_value(12).run()
+    at.switch_page("pages/transfer.py").run()
+    at.switch_page("pages/attack_lab.py").run()
+    assert at.slider(key="lab_eps").value == 12
+
+
+# ---- uploads -------------------------------------------------------------------------------------------
+
+class _Payload:
+    """Unpickling this would create a file: an uploaded checkpoint must never be unpickled."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def _upload(at: AppTest, name: str, data: bytes) -> AppTest:
+    at.selectbox(key="lab_model").set_value("upload").run()
+    at.get("file_uploader")[0].set_value((name, data, "application/octet-stream")).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_upload_of_a_foreign_or_malicious_file_gets_a_message(tmp_path):
+    at = open_page("attack_lab")
+    _upload(at, "junk.pt", b"this is not a checkpoint")
+    assert any("can't be used" in e.value and "not a readable UAT Lab checkpoint" in e.value for e in at.error)
+    sentinel = tmp_path / "pwned"
+    buf = io.BytesIO()
+    torch.save({"format": "uat-lab/model", "meta": _Payload(sentinel), "state_dict": {}}, buf)
+    _upload(at, "evil.pt", buf.getvalue())
+    assert not sentinel.exists()
+    assert any("can't be used" in e.value for e in at.error)
+    _upload(at, "plain.pt", pickle.dumps(_Payload(sentinel)))          # a bare pickle
+    assert not sentinel.exists()
+    assert at.button(key="lab_run").disabled
+
+
+def test_upload_of_a_model_for_another_dataset_is_refused(tmp_path):
+    from uat_core.checkpoint import model_meta, save_checkpoint
+    from uat_core.models import build_model
+    model = build_model("resnet20", 10, 3, (0.5,) * 3, (0.25,) * 3)
+    path = save_checkpoint(tmp_path / "cifar.pt", model, model_meta("resnet20", "cifar10", [str(i) for i in range(10)],
+                                                                    3, 32, (0.5,) * 3, (0.25,) * 3))
+    at = _upload(open_page("attack_lab"), "cifar.pt", path.read_bytes())
+    assert any("3-channel" in e.value and "digits" in e.value for e in at.error)
+
+
+@pytest.mark.slow
+def test_uploaded_checkpoint_is_the_model_attacked(eng):
+    data = (ZOO_DIR / "digits_smallcnn_uat.pt").read_bytes()
+    at = _upload(open_page("attack_lab"), "mine.pt", data)
+    no_errors(at)
+    at.select_slider(key="lab_size").set_value(100)
+    at.slider(key="lab_epochs").set_value(1).run()
+    at.button(key="lab_run").click().run()
+    no_errors(at)
+    model, _ = load_zoo_model("digits_smallcnn_uat")
+    _, m = ref_attack(eng, 100, model=model, eps=32, beta=9.0, optimizer="pgd", epochs=1, seed=0)
+    assert metric(at, "Clean top-1") == pytest.approx(round(100 * m["clean_top1"], 1))
+    assert metric(at, "Perturbed top-1") == pytest.approx(round(100 * m["perturbed_top1"], 1))
+    assert latest(at, "lab")["key"].split("|")[2].startswith("upload:")
+
+
+def test_upload_cap_is_configured():
+    from webapp.state import MAX_UPLOAD_MB
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["maxUploadSize"] == MAX_UPLOAD_MB <= 50
+
+
+# ---- the experiment pages ------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_beta_page_matches_the_engine(eng):
+    at = open_page("beta_clipping")
+    at.multiselect(key="beta_betas").set_value([1.0, math.inf])
+    at.slider(key="beta_repeats").set_value(1)
+    at.select_slider(key="beta_size").set_value(100)
+    at.slider(key="beta_epochs").set_value(1).run()
+    at.button(key="beta_run").click().run()
+    no_errors(at)
+    table = at.dataframe[0].value
+    assert list(table["β"]) == ["1", "∞"]
+    for beta, shown in zip([1.0, math.inf], table["accuracy under attack (%)"]):
+        _, m = ref_attack(eng, 100, eps=32, beta=beta, optimizer="pgd", epochs=1, seed=0)
+        assert shown == pytest.approx(100 * m["perturbed_top1"], abs=1e-4)
+    sweep = next(c for c in charts(at) if c["layout"]["xaxis"]["title"]["text"].startswith("β"))
+    assert sweep["data"][0]["x"] == ["1", "∞"]
+
+
+@pytest.mark.slow
+def test_optimizer_race_matches_the_engine(eng):
+    at = open_page("optimizer_race")
+    at.slider(key="race_epochs").set_value(1)
+    at.select_slider(key="race_size").set_value(100).run()
+    at.button(key="race_run").click().run()
+    no_errors(at)
+    for opt, label in [("sgd", "SGD"), ("msgd", "MSGD"), ("adam", "ADAM"), ("pgd", "PGD (sign)")]:
+        _, m = ref_attack(eng, 100, eps=32, beta=9.0, optimizer=opt, epochs=1, seed=0)
+        assert metric(at, label) == pytest.approx(round(100 * m["perturbed_top1"], 1)), opt
+    race = next(c for c in charts(at) if "Optimizer race" in c["layout"]["title"]["text"])
+    assert sorted(t["name"] for t in race["data"]) == ["ADAM", "MSGD", "PGD", "SGD"]
+
+
+@pytest.mark.slow
+def test_idf_page_matches_the_engine(eng):
+    at = open_page("idf_vs_alg2")
+    at.select_slider(key="idf_size").set_value(32)
+    at.slider(key="idf_passes").set_value(1)
+    at.slider(key="idf_epochs").set_value(1).run()
+    at.button(key="idf_run").click().run()
+    no_errors(at)
+    sub = eng["train"].subset(32, seed=0)
+    res = IDeepFool(eng["model"], sub.float_images(), sub.labels,
+                    IDFConfig(eps=32, max_passes=1, xi=1.0, batch_size=8)).run()
+    assert metric(at, "iDeepFool: accuracy") == pytest.approx(
+        round(100 * top1(eng["model"], eng["test"], res.delta), 1))
+    _, m = ref_attack(eng, 32, eps=32, beta=9.0, optimizer="pgd", epochs=1, seed=0)
+    assert metric(at, "Alg. 2: accuracy") == pytest.approx(round(100 * m["perturbed_top1"], 1))
+    assert metric(at, "iDeepFool: seconds") > 0
+
+
+@pytest.mark.slow
+def test_data_size_page_matches_the_engine(eng):
+    at = open_page("data_size")
+    at.multiselect(key="size_sizes").set_value([25, 50])
+    at.slider(key="size_repeats").set_value(1)
+    at.slider(key="size_steps").set_value(5).run()
+    at.button(key="size_run").click().run()
+    no_errors(at)
+    table = at.dataframe[0].value
+    assert list(table["n (training images)"]) == [25, 50]
+    for n, shown in zip([25, 50], table["accuracy under attack (%)"]):
+        _, m = ref_attack(eng, n, eps=32, beta=9.0, optimizer="pgd", epochs=5, seed=0)   # 1 step/epoch: 5 steps
+        assert shown == pytest.approx(100 * m["perturbed_top1"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_training_page_trains_attacks_and_shares_models_with_the_session(eng):
+    from uat_core.pipeline import make_trainer
+    from uat_core.training import default_config_for
+    at = open_page("uat_training")
+    at.multiselect(key="uat_algos").set_value(["natural", "lowcost"])
+    at.slider(key="uat_epochs").set_value(1)
+    at.select_slider(key="uat_size").set_value(250)
+    at.select_slider(key="uat_asize").set_value(100)
+    at.slider(key="uat_aepochs").set_value(1).run()
+    at.button(key="uat_run").click().run()
+    no_errors(at)
+    rows = {r["algorithm"]: r for r in latest(at, "uat")["result"]["rows"]}
+    assert set(rows) == {"natural", "lowcost"}
+    data = eng["train"].subset(250, seed=0)
+    for algo in ("natural", "lowcost"):
+        cfg = default_config_for("digits", "smallcnn", algorithm=algo, epochs=1, eps=32, delta_rule="fgsm", seed=0,
+                                 snapshot_every=5, track_every=5)
+        res = make_trainer("smallcnn", data, cfg).run()
+        _, m = ref_attack(eng, 100, model=res.model, eps=32, beta=9.0, optimizer="pgd", epochs=1, seed=0)
+        assert rows[algo]["clean_top1"] == pytest.approx(m["clean_top1"], abs=1e-6), algo
+        assert rows[algo]["robust_top1"] == pytest.approx(m["perturbed_top1"], abs=1e-6), algo
+        assert metric(at, "natural" if algo == "natural" else "low-cost") == pytest.approx(
+            round(100 * m["perturbed_top1"], 1))
+    # Low-cost UAT costs what natural training costs: one forward and one backward per step.
+    assert rows["lowcost"]["forward"] == rows["natural"]["forward"] == rows["lowcost"]["backward"]
+    at.switch_page("pages/attack_lab.py").run()            # the trained models are offered for this session
+    assert sum("(trained here)" in o for o in at.selectbox(key="lab_model").options) == 2
+
+
+@pytest.mark.slow
+def test_transfer_page_matches_the_engine(eng):
+    at = open_page("transfer")
+    at.multiselect(key="transfer_models").set_value(["natural", "uat"]).run()
+    assert at.toggle(key="transfer_extra").disabled                  # no attack-lab run in this session yet
+    at.button(key="transfer_run").click().run()
+    no_errors(at)
+    res = latest(at, "transfer")["result"]
+    assert res["sources"] == res["targets"] == ["natural", "uFGSM"]
+    models = {n: load_zoo_model(f"digits_smallcnn_{a}")[0] for n, a in (("natural", "natural"), ("uFGSM", "uat"))}
+    deltas = {n: load_zoo_perturbation(f"digits_smallcnn_{a}") for n, a in (("natural", "natural"), ("uFGSM", "uat"))}
+    test = eng["test"]
+    for i, s in enumerate(res["sources"]):
+        for j, t in enumerate(res["targets"]):
+            assert res["matrix"][i][j] == pytest.approx(top1(models[t], test, deltas[s]), abs=1e-6)
+    heat = next(c for c in charts(at) if c["data"][0]["type"] == "heatmap")
+    assert heat["data"][0]["x"] == ["natural", "uFGSM"]
+
+
+# ---- what AppTest cannot see: pictures and downloads -----------------------------------------------------
+
+def test_downloads_hold_the_perturbation(eng):
+    from uat_core.export import comparison_grid
+    from webapp.ui import _files
+    delta, m = ref_attack(eng, 100, eps=32, beta=9.0, optimizer="pgd", epochs=1, seed=0)
+    snaps = [(1, delta * 0.5), (2, delta)]
+    result = {"delta": delta, "snapshots": snaps, "metrics": m, "seconds": 1.0, "steps": 2, "stopped": False,
+              "config": {"eps": 32}}
+    key = 'lab|digits|zoo:x|{"eps": 32}'
+    f = _files(key, id(result), result, 32 / 255)
+    png = Image.open(io.BytesIO(f["png"]))
+    assert png.format == "PNG" and png.size == (256, 256)
+    gif = Image.open(io.BytesIO(f["gif"]))
+    assert gif.format == "GIF" and gif.n_frames == 2
+    import numpy as np
+    assert np.array_equal(np.load(io.BytesIO(f["npy"])), delta.numpy())
+    assert torch.equal(torch.load(io.BytesIO(f["pt"]), weights_only=True), delta)
+    meta = json.loads(f["json"])
+    assert meta["metrics"]["perturbed_top1"] == pytest.approx(m["perturbed_top1"])
+    assert meta["settings"] == {"eps": 32}
+    test = eng["test"]
+    grid = comparison_grid(test.float_images(slice(0, 16)), delta, test.classes, [0] * 16, [1] * 16, test.labels[:16])
+    assert grid.size[0] == 8 * (32 * 3 + 4)

@@ -1,0 +1,25 @@
+"""Make every page run inside app.py's navigation, even when it is the first URL a fresh server sees.
+
+Streamlit treats an app with a ``pages/`` folder as an old-style (v1) multipage app until the
+entrypoint calls ``st.navigation`` once in the process. So when the very first request to a new
+server is a deep link such as ``/attack_lab?lab_eps=16``, Streamlit runs ``pages/attack_lab.py``
+on its own: no app.py, no sidebar dataset choice, no page settings. :func:`through_app` notices
+(app.py marks every session it runs in) and reruns the script through app.py, which keeps the
+requested page and its query parameters.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+
+def through_app() -> None:
+    """Call first in every page: rerun through app.py if app.py has not run in this session."""
+    if st.session_state.get("_configured"):
+        return
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:                 # a future Streamlit without the v1 fallback: nothing to do
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False    # what st.navigation itself does on its first call
+        st.rerun()

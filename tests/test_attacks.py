@@ -16,7 +16,6 @@ from uat_core.attacks import (DEFAULT_STEP, OPTIMIZERS, AttackConfig, IDeepFool,
                               deepfool, ideepfool, universal_attack)
 from uat_core.errors import UATError
 from uat_core.evaluation import evaluate
-from uat_core.models import Normalized
 
 EPS = 32.0          # digits: the README's ε (0-255 units)
 

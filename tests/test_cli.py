@@ -8,7 +8,6 @@ without writing anything.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 from pathlib import Path

@@ -83,10 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="τδ for --delta-rule sgd (0-255 units per unit gradient) or adam (0-255 units per step)")
     t.add_argument("--pgd-steps", type=int, default=7, help="K for --algorithm pgd")
     t.add_argument("--pgd-step-size", type=float, default=None, help="PGD step α in 0-255 units (default 2.5·ε/K)")
+    t.add_argument("--fgsm-random-start", action="store_true",
+                   help="--algorithm fgsm: start from a uniform point of the ε-ball and step 1.25·ε (Wong et al. "
+                        "2020's 'fast FGSM', which avoids catastrophic overfitting); off = the paper's plain FGSM")
     t.add_argument("--train-size", type=int, default=None, help="train on this many images (stratified subset)")
-    t.add_argument("--track-every", type=int, default=10,
-                   help="uat/lowcost: measure the 'after ascent' minibatch accuracy every k steps (0 = never)")
-    t.add_argument("--resume", action="store_true", help="continue the run saved in --out/checkpoint.pt")
+    t.add_argument("--track-every", type=int, default=20,
+                   help="uat/lowcost: measure the 'after ascent' minibatch accuracy every k steps (one extra "
+                        "forward each; 0 = never)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out/checkpoint.pt (same flags; continues mid-epoch after Ctrl-C)")
     t.add_argument("--amp", action="store_true", help="CUDA only: bfloat16 mixed precision")
     t.add_argument("--channels-last", action="store_true", help="CUDA only: channels-last memory format")
     t.add_argument("--report-attack-size", type=int, default=2000,
@@ -248,36 +253,61 @@ def cmd_eval(args) -> int:
 
 
 def cmd_train(args) -> int:
+    import os
+    import signal
+    import threading
+
+    import torch.distributed as dist
+
     from .checkpoint import read_checkpoint, save_checkpoint
     from .data import dataset_info
     from .device import pick_device
-    from .fileio import prepare_out_dir, write_json
+    from .evaluation import evaluate
+    from .fileio import atomic_write, prepare_out_dir, write_json
+    from .models import check_arch
     from .pipeline import make_trainer, meta_for, robustness_report
     from .training import default_config_for
-    from .models import check_arch
-    import torch.distributed as dist
-    import os
 
-    # --- validate
+    # --- validate everything before any work; every process makes the same checks, so all stop together
     check_arch(args.model)
     info = dataset_info(args.dataset, args.image_size)
     cfg = default_config_for(
         args.dataset, args.model, algorithm=args.algorithm, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
         eps=args.eps, delta_rule=args.delta_rule, delta_lr=args.delta_lr, pgd_steps=args.pgd_steps,
-        pgd_step_size=args.pgd_step_size, track_every=args.track_every, seed=args.seed, amp=args.amp,
-        channels_last=args.channels_last)
+        pgd_step_size=args.pgd_step_size, fgsm_random_start=args.fgsm_random_start,
+        track_every=args.track_every, seed=args.seed, amp=args.amp, channels_last=args.channels_last)
     if args.no_augment:
         cfg.augment = False
-    if args.dataset.startswith("imagefolder:") or args.dataset == "cifar10":
-        cfg.flip = True
     cfg.validate()
     _check_size(args.train_size, "--train-size")
     _check_size(args.eval_size, "--eval-size")
-    if args.report_eps is not None and not (0 < args.report_eps <= 255):
-        raise UATError(f"--report-eps must be in (0, 255], got {args.report_eps}")
+    report_eps = args.eps if args.report_eps is None else args.report_eps
+    if not args.no_report and not (0 < report_eps <= 255):
+        raise UATError(f"--report-eps must be in (0, 255], got {report_eps}")
+    _check_size(args.report_attack_size, "--report-attack-size")
+    _check_size(args.report_attack_epochs, "--report-attack-epochs")
 
-    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    out = Path(args.out)
+    ckpt_path = out / "checkpoint.pt"
+    obj = None
+    if args.resume:
+        if not ckpt_path.is_file():
+            raise UATError(f"nothing to resume: {ckpt_path} does not exist")
+        if (out / "model.pt").exists() and not args.force:
+            raise UATError(f"the run in {out} already finished (model.pt exists): nothing to resume "
+                           "(--force resumes anyway and overwrites its outputs)")
+        obj = read_checkpoint(ckpt_path)
+        if not obj.get("extra"):
+            raise UATError(f"{ckpt_path} holds no resume state")
+        if obj["meta"]["arch"] != args.model or obj["meta"]["dataset"] != args.dataset:
+            raise UATError(f"cannot resume: {ckpt_path} holds a {obj['meta']['arch']} model on "
+                           f"{obj['meta']['dataset']}, not {args.model} on {args.dataset}")
+    else:
+        prepare_out_dir(out, ["model.pt", "metrics.json", "checkpoint.pt", "delta.pt"], args.force)
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world > 1                       # under torchrun: DDP, one process per GPU (or CPU)
     if distributed:
         dev_name = args.device
         if dev_name == "auto":
@@ -289,72 +319,81 @@ def cmd_train(args) -> int:
     else:
         device = pick_device(args.device)
     rank = dist.get_rank() if distributed else 0
-    out = Path(args.out)
-    ckpt_path = out / "checkpoint.pt"
-    resume_state = None
-    if args.resume:
-        if not ckpt_path.is_file():
-            raise UATError(f"nothing to resume: {ckpt_path} does not exist")
-        obj = read_checkpoint(ckpt_path)
-        if obj["meta"]["arch"] != args.model or obj["meta"]["dataset"] != args.dataset:
-            raise UATError(f"cannot resume: {ckpt_path} holds a {obj['meta']['arch']} model on "
-                           f"{obj['meta']['dataset']}, not {args.model} on {args.dataset}")
-        resume_state = obj.get("extra")
-        if not resume_state:
-            raise UATError(f"{ckpt_path} holds no resume state")
-    elif rank == 0:
-        prepare_out_dir(out, ["model.pt", "metrics.json", "checkpoint.pt"], args.force)
-
-    # --- work
-    train = _data(args, "train", info)
-    if args.train_size:
-        train = train.subset(args.train_size, args.seed)
-    training_meta = {**cfg.to_dict(), "dataset": args.dataset, "train_size": len(train),
-                     "world_size": dist.get_world_size() if distributed else 1,
-                     "command": "python -m uat_core " + " ".join(args.argv)}
-    trainer = make_trainer(args.model, train, cfg, device, resume_state=None,
-                           checkpoint_fn=lambda tr: save_checkpoint(
-                               ckpt_path, tr.model, meta_for(args.model, train, training_meta), tr.state()))
-    if resume_state is not None:
-        trainer.model.net.load_state_dict(obj["state_dict"])
-        trainer.load_state(resume_state)
-        if rank == 0:
-            print(f"resuming at epoch {trainer.epoch_i}/{cfg.epochs} (step {trainer.step_i})", file=sys.stderr)
     try:
-        res = trainer.run(progress=not args.quiet and rank == 0, desc=f"train {args.algorithm}")
-    except KeyboardInterrupt:
-        if rank == 0 and trainer.epoch_i > 0:
-            print(f"\ninterrupted: the checkpoint of epoch {trainer.epoch_i} is in {ckpt_path}; "
-                  "continue with --resume", file=sys.stderr)
-        return 130
-    if distributed:
-        dist.barrier()
-    if rank != 0:
-        dist.destroy_process_group()
-        return 0
-    metrics = {"dataset": args.dataset, "model": args.model, "algorithm": args.algorithm, "epochs": res.epochs_done,
-               "steps": res.steps, "seconds": res.seconds, "passes": res.passes, "train_size": len(train)}
-    test = _data(args, "test", info, limit=args.eval_size)
-    from .evaluation import evaluate
-    m = evaluate(trainer.model, test.images, test.labels, None, test.num_classes, device=device)
-    metrics.update(clean_top1=m["clean_top1"], clean_top5=m["clean_top5"], eval_size=len(test))
-    if not args.no_report:
-        rep = robustness_report(trainer.model, train, test, args.report_eps or args.eps, args.report_attack_size,
-                                args.report_attack_epochs, 9.0, args.seed, device, progress=not args.quiet)
-        rep.pop("delta")
-        metrics.update(robust_top1=rep["robust_top1"], robust_top5=rep["robust_top5"], robustness=rep)
-    if res.delta is not None:
-        from .fileio import atomic_write
-        atomic_write(out / "delta.pt", lambda tmp: torch.save(res.delta, tmp))
-    save_checkpoint(out / "model.pt", trainer.model, meta_for(args.model, train, training_meta,
-                                                             {k: metrics[k] for k in metrics
-                                                              if k in ("clean_top1", "robust_top1")}))
-    metrics["history"] = res.history
-    write_json(out / "metrics.json", metrics)
-    rob = f", robust top-1 {100 * metrics['robust_top1']:.1f}%" if "robust_top1" in metrics else ""
-    print(f"{args.algorithm}: clean top-1 {100 * metrics['clean_top1']:.1f}%{rob} "
-          f"({res.seconds:.1f} s of training); wrote {out}")
-    if distributed:
-        dist.destroy_process_group()
-    return 0
+        # --- work
+        train = _data(args, "train", info)
+        if args.train_size:
+            train = train.subset(args.train_size, args.seed)
+        training_meta = {**cfg.to_dict(), "dataset": args.dataset, "train_size": len(train), "world_size": world,
+                         "command": "python -m uat_core " + " ".join(args.argv)}
+        if obj is not None and obj["meta"].get("training", {}).get("train_size", len(train)) != len(train):
+            raise UATError(f"cannot resume: the checkpoint was trained on "
+                           f"{obj['meta']['training']['train_size']} images, not {len(train)} (--train-size)")
+        trainer = make_trainer(args.model, train, cfg, device, checkpoint_fn=lambda tr: save_checkpoint(
+            ckpt_path, tr.model, meta_for(args.model, train, training_meta), tr.state()))
+        if obj is not None:
+            trainer.load_state(obj["extra"])          # refuses another configuration: nothing written yet
+            trainer.model.net.load_state_dict(obj["state_dict"])
+            if rank == 0:
+                print(f"resuming at step {trainer.step_i}/{trainer.total} (epoch {trainer.epoch_i}/{cfg.epochs})",
+                      file=sys.stderr)
 
+        # Ctrl-C (SIGINT; torchrun forwards it to every process) or SIGTERM: finish the current step, save a
+        # checkpoint, exit with 130. A second Ctrl-C aborts at once (the last checkpoint stays).
+        def on_signal(signum, frame):
+            if trainer.stopping:
+                raise KeyboardInterrupt
+            trainer.stop()
+            if rank == 0:
+                print("\nstopping after this step to save a checkpoint (Ctrl-C again aborts)", file=sys.stderr)
+
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            res = trainer.run(progress=not args.quiet and rank == 0, desc=f"train {args.algorithm}")
+        except KeyboardInterrupt:
+            if rank == 0:
+                where = f"the checkpoint of epoch {trainer.epoch_i} is in {ckpt_path}" if ckpt_path.is_file() \
+                    else "no checkpoint was saved"
+                print(f"\naborted: {where}", file=sys.stderr)
+            return 130
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+        if res.stopped_early:
+            if rank == 0:
+                print(f"interrupted at step {res.steps}/{trainer.total}: saved {ckpt_path}; run the same "
+                      "command with --resume to continue", file=sys.stderr)
+            return 130
+        if rank != 0:
+            return 0                                  # only rank 0 evaluates and writes
+
+        metrics = {"dataset": args.dataset, "model": args.model, "algorithm": args.algorithm,
+                   "epochs": res.epochs_done, "steps": res.steps, "seconds": res.seconds,
+                   "passes": res.passes, "train_size": len(train), "world_size": world}
+        if res.rank_spread is not None:
+            metrics["rank_spread"] = res.rank_spread   # max |difference| of δ and weights across processes
+        test = _data(args, "test", info, limit=args.eval_size)
+        m = evaluate(trainer.model, test.images, test.labels, None, test.num_classes, device=device)
+        metrics.update(clean_top1=m["clean_top1"], clean_top5=m["clean_top5"], eval_size=len(test))
+        if not args.no_report:
+            rep = robustness_report(trainer.model, train, test, report_eps, args.report_attack_size,
+                                    args.report_attack_epochs, 9.0, args.seed, device, progress=not args.quiet)
+            rep.pop("delta")
+            metrics.update(robust_top1=rep["robust_top1"], robust_top5=rep["robust_top5"], robustness=rep)
+        if res.delta is not None:
+            atomic_write(out / "delta.pt", lambda tmp: torch.save(res.delta, tmp))
+        save_checkpoint(out / "model.pt", trainer.model, meta_for(args.model, train, training_meta,
+                                                                 {k: metrics[k] for k in metrics
+                                                                  if k in ("clean_top1", "robust_top1")}))
+        metrics["config"] = cfg.to_dict()
+        metrics["history"] = res.history
+        write_json(out / "metrics.json", metrics)
+        rob = f", robust top-1 {100 * metrics['robust_top1']:.1f}%" if "robust_top1" in metrics else ""
+        print(f"{args.algorithm}: clean top-1 {100 * metrics['clean_top1']:.1f}%{rob} "
+              f"({res.seconds:.1f} s of training); wrote {out}")
+        return 0
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()

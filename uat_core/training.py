@@ -1,32 +1,40 @@
 """Training: natural, universal adversarial training (Alg. 3 and 4) and per-instance FGSM/PGD baselines.
 
-    natural   θ ← θ − α∇θ ℓ(x)                                          1 forward, 1 backward
-    uat       Alg. 3: θ ← θ − α∇θ ℓ(x+δ); then δ ← P(δ + ε·sign(E∇δ ℓ(x+δ)))   2 forward, 2 backward
-              (the second backward is for the input only: weights frozen, so it is cheap)
-    lowcost   Alg. 4: ∇θ and ∇δ from ONE backward of ℓ(x+δ); then both updates     1 forward, 1 backward
-    fgsm      per-instance FGSM training: x' = x + ε·sign(∇x ℓ(x)), train on x'  2 forward, 2 backward
-    pgd       per-instance PGD-K with random start (Madry et al. 2018)          K+1 forward, K+1 backward
+    natural   θ ← θ − α∇θ ℓ(x)                                              1 forward, 1 backward
+    uat       Alg. 3: θ ← θ − α∇θ ℓ(x+δ); then δ ← P(δ + ε·sign(E∇δ ℓ(x+δ)))     2 forward, 2 backward
+              (the second pass needs only the input gradient: weights frozen, so it is cheap)
+    lowcost   Alg. 4: ∇θ and ∇δ from ONE backward of ℓ(x+δ); then both updates   1 forward, 1 backward
+    fgsm      per-instance FGSM training: x' = x + ε·sign(∇x ℓ(x)), train on x'   2 forward, 2 backward
+              (``fgsm_random_start``: Wong et al. 2020's "fast FGSM", uniform start and step 1.25·ε)
+    pgd       per-instance PGD-K with random start (Madry et al. 2018)            K+1 forward, K+1 backward
 
 δ is universal: one (C,H,W) tensor carried across minibatches and epochs, in pixel units. Its update
 rule (``delta_rule``) is ``fgsm`` (paper eq. 6, δ += ε·sign(g)), ``sgd`` (eq. 7, δ += τδ·g) or ``adam``.
 Weights use momentum SGD with weight decay; the learning rate follows the paper's shape (÷10 at 50% and
 75% of the steps) unless ``schedule`` says otherwise.
 
+Passes that only compute an input gradient (the δ ascent of ``uat``, the attack steps of ``fgsm`` and
+``pgd``) run with BatchNorm in training mode (batch statistics, as the training forward sees them) but
+leave the running statistics alone, so those track exactly one update per training step.
+
 The :class:`Trainer` is a :class:`~uat_core.events.Run`: iterate it for events, ``stop()`` it, or
-``run()`` it. Checkpoints hold weights, optimizer, scheduler, δ and the step, so ``resume`` continues
-a run exactly. Under ``torchrun`` it uses DistributedDataParallel (gloo on CPU, NCCL on GPUs); the δ
-gradient is all-reduced so every rank holds the same δ; only rank 0 writes.
+``run()`` it. Checkpoints hold weights, optimizer, scheduler, δ and the step; every random draw of a
+step (augmentation, random starts) comes from a generator seeded by (seed, epoch, step, rank), so
+``resume`` continues a run exactly, even from the middle of an epoch. Under ``torchrun`` it uses
+DistributedDataParallel (gloo on CPU, NCCL on GPUs): global batch i is ``order[i·B·W:(i+1)·B·W]`` of the
+epoch's permutation and rank r takes the r-th block of B, so a one-process run with batch B·W sees the
+same global batches; the δ gradient is all-reduced so every rank holds the same δ; only rank 0 writes.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .augment import crop_flip
@@ -37,6 +45,7 @@ from .events import Event, Run
 ALGORITHMS = ("natural", "uat", "lowcost", "fgsm", "pgd")
 DELTA_RULES = ("fgsm", "sgd", "adam")
 SCHEDULES = ("step", "onecycle", "cosine", "constant")
+UNIVERSAL = ("uat", "lowcost")      # the algorithms that carry a universal δ
 
 
 @dataclass
@@ -55,13 +64,15 @@ class TrainConfig:
     delta_lr: float = 1.0          # τδ for sgd (0-255 units per unit gradient) or adam (0-255 units)
     pgd_steps: int = 7             # K for --algorithm pgd
     pgd_step_size: float | None = None   # α in 0-255 units; None = 2.5·ε/K
-    track_every: int = 10          # uat/lowcost: "after ascent" accuracy every k steps (0 = never)
-    snapshot_every: int = 50       # a δ snapshot in the event stream every k steps
+    fgsm_random_start: bool = False      # fgsm: uniform start in the ε-ball and step 1.25·ε (Wong et al.)
+    track_every: int = 20          # uat/lowcost: "after ascent" accuracy every k steps (0 = never)
+    snapshot_every: int = 50       # a δ snapshot in the event stream every k steps (0 = never)
     seed: int = 0
     amp: bool = False              # CUDA only: bfloat16 autocast
     channels_last: bool = False    # CUDA only
 
     def validate(self) -> "TrainConfig":
+        """Raise a one-line UATError for any setting out of range; return self."""
         if self.algorithm not in ALGORITHMS:
             raise UATError(f"unknown algorithm '{self.algorithm}': choose {', '.join(ALGORITHMS)}")
         if self.delta_rule not in DELTA_RULES:
@@ -70,14 +81,23 @@ class TrainConfig:
             raise UATError(f"unknown schedule '{self.schedule}': choose {', '.join(SCHEDULES)}")
         if self.algorithm != "natural" and not (0 < self.eps <= 255):
             raise UATError(f"eps must be in (0, 255] (0-255 pixel units), got {self.eps}")
-        if not (self.lr > 0 and math.isfinite(self.lr)) or not (0 <= self.momentum < 1) or self.weight_decay < 0:
-            raise UATError("lr must be > 0, momentum in [0, 1), weight decay ≥ 0")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UATError(f"lr must be a number > 0, got {self.lr}")
+        if not (0 <= self.momentum < 1) or not (0 <= self.weight_decay < 1):
+            raise UATError(f"momentum must be in [0, 1) and weight decay in [0, 1), got {self.momentum} "
+                           f"and {self.weight_decay}")
         if not (self.delta_lr > 0 and math.isfinite(self.delta_lr)):
-            raise UATError(f"delta lr must be > 0, got {self.delta_lr}")
-        if self.pgd_steps < 1 or (self.pgd_step_size is not None and not self.pgd_step_size > 0):
-            raise UATError("pgd steps must be ≥ 1 and the PGD step size > 0")
+            raise UATError(f"delta lr must be a number > 0, got {self.delta_lr}")
+        if self.delta_rule == "adam" and self.delta_lr > 255:
+            raise UATError(f"delta lr of the adam rule is a step in 0-255 units: at most 255, got {self.delta_lr}")
+        if self.pgd_steps < 1:
+            raise UATError(f"pgd steps must be at least 1, got {self.pgd_steps}")
+        if self.pgd_step_size is not None and not (0 < self.pgd_step_size <= 255):
+            raise UATError(f"the PGD step size must be in (0, 255] (0-255 units), got {self.pgd_step_size}")
         if self.epochs < 1 or self.batch_size < 1:
-            raise UATError("epochs and batch size must be at least 1")
+            raise UATError(f"epochs and batch size must be at least 1, got {self.epochs} and {self.batch_size}")
+        if self.track_every < 0 or self.snapshot_every < 0:
+            raise UATError("track-every and snapshot-every must be ≥ 0 (0 = never)")
         return self
 
     def to_dict(self) -> dict:
@@ -86,29 +106,54 @@ class TrainConfig:
 
 # Settings that must match for --resume to continue the same run.
 RESUME_KEYS = ("algorithm", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "augment",
-               "flip", "eps", "delta_rule", "delta_lr", "pgd_steps", "pgd_step_size", "seed")
+               "flip", "eps", "delta_rule", "delta_lr", "pgd_steps", "pgd_step_size", "fgsm_random_start",
+               "seed")
+_RESUME_DEFAULTS = {"fgsm_random_start": False}   # keys that older checkpoints do not have
 
 
 @dataclass
 class TrainResult:
     model: torch.nn.Module
-    delta: torch.Tensor | None
+    delta: torch.Tensor | None          # (C,H,W) cpu for uat/lowcost, else None
     history: list[dict]
     seconds: float
     steps: int
     epochs_done: int
-    passes: dict = field(default_factory=dict)
+    passes: dict = field(default_factory=dict)   # {"forward", "backward"} of this process
     stopped_early: bool = False
+    rank_spread: dict | None = None     # under torchrun: max |difference| across ranks of δ and weights
 
 
-def _world():
+def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
+def _step_seed(seed: int, epoch: int, i: int, rank: int) -> int:
+    """Seed of the random draws of step i of an epoch on a rank (a fixed mix, the same on every run)."""
+    return (((seed * 1_000_003 + epoch) * 1_000_033 + i) * 1_009 + rank) % (2 ** 63)
+
+
+def _acc(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(1) == y).float().mean().item()
+
+
 class Trainer(Run):
-    """Train ``model`` (a Normalized classifier) on ``train`` (an ImageData) with ``config``."""
+    """Train ``model`` (a Normalized classifier) on ``train`` (an ImageData) with ``config``.
+
+    History rows: ``step, epoch, lr, loss, acc`` (the training forward's loss and minibatch accuracy);
+    for uat/lowcost also ``delta_norm`` (‖δ‖∞, 0-255 units), ``acc_before`` (minibatch accuracy with δ
+    before the ascent step) and, every ``track_every`` steps, ``acc_after`` (with the updated δ). Both
+    use the same weights, so their gap is the ascent step's effect alone: for uat the updated weights
+    (``acc_before`` comes free from its ascent pass), for lowcost the step's starting weights (from its
+    training forward; the probe runs before the weight update). The probe is one extra forward per
+    tracked step, instrumentation, not counted in ``passes``.
+
+    ``checkpoint_fn(trainer)`` is called on rank 0 after every epoch and when the run is stopped early,
+    with finite weights and δ only (a diverged state is never handed out). ``resume_state`` is a dict
+    from :meth:`state` (the weights are loaded by the caller).
+    """
 
     def __init__(self, model, train, config: TrainConfig, device=None, resume_state: dict | None = None,
                  checkpoint_fn=None):
@@ -117,32 +162,37 @@ class Trainer(Run):
         if len(train) == 0:
             raise UATError("the training set is empty")
         self.rank, self.world = _world()
+        global_batch = self.cfg.batch_size * self.world
+        if len(train) < global_batch:
+            raise UATError(f"the training set ({len(train)} images) is smaller than one batch "
+                           f"({self.cfg.batch_size}" + (f" × {self.world} processes" if self.world > 1 else "")
+                           + "): lower --batch-size")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.data = train
         self.model = model.to(self.device)
         if self.cfg.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.net = self.model                        # what we call forward on (DDP-wrapped under torchrun)
+        self.net = self.model                        # what the training forward calls (DDP under torchrun)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self._bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.eps = self.cfg.eps / 255.0
-        n_local = len(train) // self.world
-        self.steps_per_epoch = max(1, n_local // self.cfg.batch_size)     # full batches only
+        self.steps_per_epoch = len(train) // global_batch              # full global batches only
         self.total = self.cfg.epochs * self.steps_per_epoch
         self.opt = torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum,
                                    weight_decay=self.cfg.weight_decay, nesterov=self.cfg.momentum > 0)
         self.sched = self._scheduler()
         self.delta = torch.zeros(train.shape, device=self.device)           # (C,H,W) universal δ
         self.delta_opt = None
-        if self.cfg.algorithm in ("uat", "lowcost") and self.cfg.delta_rule == "adam":
+        if self.cfg.algorithm in UNIVERSAL and self.cfg.delta_rule == "adam":
             self.delta.requires_grad_(True)
             self.delta_opt = torch.optim.Adam([self.delta], lr=self.cfg.delta_lr / 255.0, maximize=True)
         self.passes = {"forward": 0, "backward": 0}
         self.step_i, self.epoch_i, self.seconds = 0, 0, 0.0
         self.snapshots: list[tuple[int, torch.Tensor]] = []
-        self.checkpoint_fn = checkpoint_fn            # called as fn(trainer) after every epoch (rank 0)
-        self.last_good: dict | None = None
+        self.checkpoint_fn = checkpoint_fn
+        self.rank_spread: dict | None = None
         if resume_state:
             self.load_state(resume_state)
 
@@ -151,40 +201,51 @@ class Trainer(Run):
         T, c = self.total, self.cfg
         if c.schedule == "step":
             return torch.optim.lr_scheduler.MultiStepLR(self.opt, [int(0.5 * T), int(0.75 * T)], 0.1)
-        if c.schedule == "onecycle":
-            return torch.optim.lr_scheduler.OneCycleLR(self.opt, c.lr, total_steps=T, pct_start=0.25,
+        if c.schedule == "onecycle" and T >= 2:
+            # warm-up over 25% of the steps (at least 1.5 steps: torch's OneCycleLR divides by zero below)
+            return torch.optim.lr_scheduler.OneCycleLR(self.opt, c.lr, total_steps=T, pct_start=max(0.25, 1.5 / T),
                                                        anneal_strategy="linear")
         if c.schedule == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T)
         return torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0)
 
     def state(self) -> dict:
+        """Everything but the weights that a resumed run needs (plain tensors and numbers)."""
         st = {"config": self.cfg.to_dict(), "optimizer": self.opt.state_dict(),
               "scheduler": self.sched.state_dict(), "delta": self.delta.detach().cpu().clone(),
-              "step": self.step_i, "epoch": self.epoch_i, "seconds": self.seconds, "passes": dict(self.passes),
-              "history": list(self.history)}
+              "step": self.step_i, "epoch": self.epoch_i, "steps_per_epoch": self.steps_per_epoch,
+              "world_size": self.world, "seconds": self.seconds, "passes": dict(self.passes),
+              "history": list(self.history), "snapshots": [(s, d.clone()) for s, d in self.snapshots]}
         if self.delta_opt is not None:
             st["delta_optimizer"] = self.delta_opt.state_dict()
         return st
 
     def load_state(self, st: dict) -> None:
+        """Continue from :meth:`state`; a state of another configuration is refused (one-line UATError)."""
         old = st.get("config", {})
-        diff = [k for k in RESUME_KEYS if old.get(k) != getattr(self.cfg, k)]
-        if diff:
-            k = diff[0]
-            raise UATError(f"cannot resume: the checkpoint was trained with {k}={old.get(k)!r}, "
-                           f"not {getattr(self.cfg, k)!r}")
+        for k in RESUME_KEYS:
+            was = old.get(k, _RESUME_DEFAULTS.get(k))
+            if was != getattr(self.cfg, k):
+                raise UATError(f"cannot resume: the checkpoint was trained with {k}={was!r}, "
+                               f"not {getattr(self.cfg, k)!r}")
+        spe = st.get("steps_per_epoch", self.steps_per_epoch)
+        if spe != self.steps_per_epoch or st.get("world_size", self.world) != self.world:
+            raise UATError(f"cannot resume: the checkpoint has {spe} steps per epoch on "
+                           f"{st.get('world_size', 1)} process(es), this run {self.steps_per_epoch} on "
+                           f"{self.world} (same --train-size, --batch-size and process count needed)")
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
         with torch.no_grad():
             self.delta.copy_(st["delta"].to(self.device))
         if self.delta_opt is not None and "delta_optimizer" in st:
             self.delta_opt.load_state_dict(st["delta_optimizer"])
-        self.step_i, self.epoch_i = int(st["step"]), int(st["epoch"])
+        self.step_i = int(st["step"])
+        self.epoch_i = self.step_i // self.steps_per_epoch
         self.seconds, self.passes = float(st["seconds"]), dict(st["passes"])
         self.history = list(st["history"])
+        self.snapshots = [(int(s), d) for s, d in st.get("snapshots", [])]
 
-    # ---- one step per algorithm ------------------------------------------------------------------
+    # ---- passes ------------------------------------------------------------------------------------
     def _fwd(self, net, x):
         self.passes["forward"] += 1
         if self.cfg.amp and self.device.type == "cuda":
@@ -197,28 +258,47 @@ class Trainer(Run):
         loss.backward()
         self.passes["backward"] += 1
 
-    def _input_grad(self, x, y, delta=None):
-        """∇ of the mean CE w.r.t. x (per-instance) or δ (universal), weights frozen, BN in train mode."""
-        m = self.model
-        flags = [p.requires_grad_(False) for p in m.parameters()]
+    @contextlib.contextmanager
+    def _bn_stats_kept(self):
+        """BatchNorm stays in training mode (batch statistics) but its running statistics do not move."""
+        saved = [m.momentum for m in self._bns]
+        for m in self._bns:
+            m.momentum = 0.0                       # running = (1 − 0)·running + 0·batch
         try:
-            if delta is None:
-                x = x.detach().requires_grad_(True)
-                loss = F.cross_entropy(self._fwd(m, x), y)
-                g, = torch.autograd.grad(loss, x)
-            else:
-                d = delta.detach().requires_grad_(True)
-                loss = F.cross_entropy(self._fwd(m, apply(x, d)), y)
-                g, = torch.autograd.grad(loss, d)
+            yield
+        finally:
+            for m, mo in zip(self._bns, saved):
+                m.momentum = mo
+
+    def _input_grad(self, x, y, delta=None):
+        """(∇ of the mean CE w.r.t. x (per-instance) or δ (universal), logits); weights frozen."""
+        m = self.model
+        for p in m.parameters():
+            p.requires_grad_(False)
+        try:
+            with self._bn_stats_kept():
+                if delta is None:
+                    x = x.detach().requires_grad_(True)
+                    logits = self._fwd(m, x)
+                    g, = torch.autograd.grad(F.cross_entropy(logits, y), x)
+                else:
+                    d = delta.detach().requires_grad_(True)
+                    logits = self._fwd(m, apply(x, d))
+                    g, = torch.autograd.grad(F.cross_entropy(logits, y), d)
         finally:
             for p in m.parameters():
                 p.requires_grad_(True)
         self.passes["backward"] += 1
-        del flags
-        return g
+        return g, logits.detach()
+
+    @torch.no_grad()
+    def _probe(self, x, y, delta) -> float:
+        """Minibatch accuracy with ``delta`` (instrumentation: not counted as a pass, BN stats kept)."""
+        with self._bn_stats_kept():
+            return _acc(self.model(apply(x, delta)), y)
 
     def _ascend(self, g):
-        """δ ← P(δ + update(g)); g = E∇δ ℓ, all-reduced across processes."""
+        """δ ← P(δ + update(g)); g = E∇δ ℓ, averaged across processes."""
         if self.world > 1:
             dist.all_reduce(g)
             g /= self.world
@@ -235,7 +315,9 @@ class Trainer(Run):
                 self.delta_opt.step()
             self.delta.copy_(project(self.delta, self.eps, "linf"))
 
-    def _step(self, x, y, gen) -> dict:
+    # ---- one step per algorithm ------------------------------------------------------------------
+    def _step(self, x, y, gen: torch.Generator, track: bool) -> dict:
+        """One minibatch: x (B,C,H,W) float in [0,1], y (B,). Returns the history row's metrics."""
         c, net = self.cfg, self.net
         rec = {}
         if c.algorithm == "natural":
@@ -244,24 +326,33 @@ class Trainer(Run):
             self._weights_step(loss)
             self.opt.step()
         elif c.algorithm == "uat":                                        # Alg. 3
-            d = self.delta.detach()
-            logits = self._fwd(net, apply(x, d))
+            d_old = self.delta.detach().clone()
+            logits = self._fwd(net, apply(x, d_old))
             loss = F.cross_entropy(logits, y)
             self._weights_step(loss)
             self.opt.step()
-            g = self._input_grad(x, y, d)                                   # with the updated weights
+            g, logits_new = self._input_grad(x, y, d_old)                   # with the updated weights
             self._ascend(g)
+            rec["acc_before"] = _acc(logits_new, y)                         # θ_new, δ_old: free
         elif c.algorithm == "lowcost":                                    # Alg. 4
-            d = self.delta.detach().requires_grad_(True)
-            logits = self._fwd(net, apply(x, d))
+            d_old = self.delta.detach().clone().requires_grad_(True)
+            logits = self._fwd(net, apply(x, d_old))
             loss = F.cross_entropy(logits, y)
             self._weights_step(loss)                                        # one backward: ∇θ and ∇δ
-            g = d.grad
-            self.opt.step()
-            self._ascend(g)
+            self._ascend(d_old.grad)                                        # both updates use (θ_t, δ_t) ...
+            rec["acc_before"] = _acc(logits.detach(), y)                    # θ_old, δ_old: free
+            if track:
+                rec["acc_after"] = self._probe(x, y, self.delta.detach())   # θ_old, δ_new
+            self.opt.step()                                                 # ... so their order is free
         elif c.algorithm == "fgsm":
-            g = self._input_grad(x, y)
-            xa = (x + self.eps * g.sign()).clamp(0, 1)
+            if c.fgsm_random_start:                                         # Wong et al. 2020
+                r = random_start(x.shape, self.eps, "linf", gen, x.device)
+                g, _ = self._input_grad((x + r).clamp(0, 1), y)
+                r = (r + 1.25 * self.eps * g.sign()).clamp(-self.eps, self.eps)
+                xa = (x + r).clamp(0, 1)
+            else:                                                           # plain FGSM (the paper's baseline)
+                g, _ = self._input_grad(x, y)
+                xa = (x + self.eps * g.sign()).clamp(0, 1)
             logits = self._fwd(net, xa)
             loss = F.cross_entropy(logits, y)
             self._weights_step(loss)
@@ -270,7 +361,7 @@ class Trainer(Run):
             alpha = (c.pgd_step_size / 255.0) if c.pgd_step_size else 2.5 * self.eps / c.pgd_steps
             r = random_start(x.shape, self.eps, "linf", gen, x.device)
             for _ in range(c.pgd_steps):
-                g = self._input_grad((x + r).clamp(0, 1), y)
+                g, _ = self._input_grad((x + r).clamp(0, 1), y)
                 r = (r + alpha * g.sign()).clamp(-self.eps, self.eps)
             logits = self._fwd(net, (x + r).clamp(0, 1))
             loss = F.cross_entropy(logits, y)
@@ -280,44 +371,80 @@ class Trainer(Run):
         if not math.isfinite(lv):
             raise FloatingPointError("loss")
         rec["loss"] = lv
-        rec["acc"] = (logits.argmax(1) == y).float().mean().item()
-        if c.algorithm in ("uat", "lowcost"):
-            rec["acc_before"] = rec["acc"]
-            if c.track_every and (self.step_i + 1) % c.track_every == 0:
-                with torch.no_grad():
-                    rec["acc_after"] = (self.model(apply(x, self.delta.detach())).argmax(1) == y).float().mean().item()
+        rec["acc"] = _acc(logits.detach(), y)
+        if c.algorithm in UNIVERSAL:
+            if track and c.algorithm == "uat":
+                rec["acc_after"] = self._probe(x, y, self.delta.detach())   # θ_new, δ_new
             rec["delta_norm"] = norm_of(self.delta.detach()) * 255.0
         return rec
 
     # ---- the loop ----------------------------------------------------------------------------------
-    def _batches(self, epoch):
-        """This rank's shard of the epoch's seeded permutation, in full batches (x float, y)."""
+    def _order(self, epoch: int) -> torch.Tensor:
+        """The epoch's permutation of the whole training set (the same on every rank)."""
         g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(self.data), generator=g)
-        order = order[self.rank::self.world][: self.steps_per_epoch * self.cfg.batch_size]
-        for i in range(self.steps_per_epoch):
-            idx = order[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size]
-            x = self.data.images[idx].to(self.device, non_blocking=True).float().div_(255)
-            y = self.data.labels[idx].to(self.device, non_blocking=True)
-            if self.cfg.augment:
-                x = crop_flip(x, 4, self.cfg.flip, g)
-            if self.cfg.channels_last and self.device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y
+        return torch.randperm(len(self.data), generator=g)
+
+    def _batch(self, order, epoch: int, i: int):
+        """This rank's block of global batch i: (x (B,C,H,W) float in [0,1], y (B,), step generator)."""
+        B = self.cfg.batch_size
+        start = i * B * self.world + self.rank * B
+        idx = order[start:start + B]
+        gen = torch.Generator().manual_seed(_step_seed(self.cfg.seed, epoch, i, self.rank))
+        x = self.data.images[idx].to(self.device, non_blocking=True).float().div_(255)
+        y = self.data.labels[idx].to(self.device, non_blocking=True)
+        if self.cfg.augment:
+            x = crop_flip(x, 4, self.cfg.flip, gen)
+        if self.cfg.channels_last and self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y, gen
+
+    def _agree_to_stop(self) -> bool:
+        """Under torchrun every rank stops at the same step once any of them was asked to."""
+        if self.world > 1:
+            flag = torch.tensor([1.0 if self._stop else 0.0],
+                                device=self.device if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            self._stop = bool(flag.item())
+        return self._stop
+
+    def _finite_state(self) -> bool:
+        return bool(torch.isfinite(self.delta).all()) and all(bool(torch.isfinite(p).all())
+                                                              for p in self.model.parameters())
+
+    def _save(self) -> None:
+        if self.checkpoint_fn is None or self.rank != 0:
+            return
+        if not self._finite_state():
+            raise UATError(f"training diverged (the weights became NaN or Inf) by step {self.step_i}: "
+                           "lower --lr; the last good checkpoint is kept")
+        self.checkpoint_fn(self)
+
+    def _rank_spread(self) -> dict:
+        """Max |difference| across ranks of δ and of the weights (0 when DDP keeps them in sync)."""
+        out = {}
+        for name, t in (("delta", self.delta.detach().flatten()),
+                        ("weights", torch.cat([p.detach().flatten() for p in self.model.parameters()]))):
+            if dist.get_backend() != "nccl":
+                t = t.cpu()
+            hi, lo = t.clone(), t.clone()
+            dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+            dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+            out[name] = float((hi - lo).max())
+        return out
 
     def _steps(self):
         c = self.cfg
         self.model.train()
-        start_epoch = self.epoch_i
-        self.last_good = self.state() if self.checkpoint_fn else None
+        spe = self.steps_per_epoch
+        start_epoch, skip = divmod(self.step_i, spe)
         for epoch in range(start_epoch, c.epochs):
-            t0 = time.perf_counter()
-            g = torch.Generator().manual_seed(self.cfg.seed * 7919 + epoch)
-            for i, (x, y) in enumerate(self._batches(epoch)):
-                if epoch == start_epoch and i < self.step_i - epoch * self.steps_per_epoch:
-                    continue                                      # resuming mid-epoch: skip done batches
+            t0 = time.perf_counter()               # self.seconds counts only time spent in here, not paused
+            order = self._order(epoch)
+            for i in range(skip if epoch == start_epoch else 0, spe):
+                x, y, gen = self._batch(order, epoch, i)
+                track = c.algorithm in UNIVERSAL and c.track_every > 0 and (self.step_i + 1) % c.track_every == 0
                 try:
-                    rec = self._step(x, y, g)
+                    rec = self._step(x, y, gen, track)
                 except FloatingPointError as e:
                     raise UATError(f"training diverged (the {e} became NaN or Inf) at step {self.step_i + 1}: "
                                    "lower --lr; the last good checkpoint is kept") from None
@@ -326,29 +453,35 @@ class Trainer(Run):
                 rec.update(step=self.step_i, epoch=epoch, lr=self.opt.param_groups[0]["lr"])
                 self.history.append(rec)
                 snap = None
-                if c.algorithm in ("uat", "lowcost") and c.snapshot_every and self.step_i % c.snapshot_every == 0:
+                if c.algorithm in UNIVERSAL and c.snapshot_every and self.step_i % c.snapshot_every == 0:
                     snap = self.delta.detach().cpu().clone()
                     self.snapshots.append((self.step_i, snap))
+                self.seconds += time.perf_counter() - t0
                 yield Event("step", self.step_i, self.total, epoch, rec, snap)
-                if self.stopping:
+                t0 = time.perf_counter()
+                if self._agree_to_stop():
                     break
             self.seconds += time.perf_counter() - t0
+            self.epoch_i = self.step_i // spe
+            if self.epoch_i > epoch:                  # the epoch is complete
+                self._save()
+                yield Event("epoch", self.step_i, self.total, epoch, {"loss": self.history[-1]["loss"],
+                                                                      "seconds": self.seconds})
             if self.stopping:
                 break
-            self.epoch_i = epoch + 1
-            if self.checkpoint_fn is not None and self.rank == 0:
-                self.checkpoint_fn(self)
-            yield Event("epoch", self.step_i, self.total, epoch, {"loss": self.history[-1]["loss"],
-                                                                  "seconds": self.seconds})
+        if self.step_i % spe:
+            self._save()                          # stopped mid-epoch: resumable from this very step
+        if self.world > 1:
+            self.rank_spread = self._rank_spread()
         self.model.eval()
-        delta = self.delta.detach().cpu().clone() if c.algorithm in ("uat", "lowcost") else None
+        delta = self.delta.detach().cpu().clone() if c.algorithm in UNIVERSAL else None
         self.result = TrainResult(self.model, delta, self.history, self.seconds, self.step_i, self.epoch_i,
-                                  dict(self.passes), self.stopping)
+                                  dict(self.passes), self.step_i < self.total, self.rank_spread)
         yield Event("done", self.step_i, self.total, self.epoch_i, {}, delta, self.result)
 
 
 def default_config_for(dataset: str, arch: str, **overrides) -> TrainConfig:
-    """Sensible defaults per dataset: digits trains without flips and with a smaller lr."""
+    """Sensible defaults per dataset: digits trains without augmentation and with a smaller lr."""
     kw = {}
     if dataset == "digits":
         kw.update(lr=0.05, flip=False, augment=False, batch_size=64)

@@ -48,8 +48,8 @@ RECIPES = {
         "eps": 8, "model": "resnet20", "attack_size": 2000,
         "models": {
             "natural": ["--algorithm", "natural", "--epochs", "10", "--schedule", "onecycle", "--lr", "0.2"],
-            "lowcost": ["--algorithm", "lowcost", "--epochs", "8", "--schedule", "onecycle", "--lr", "0.2"],
-            "uat": ["--algorithm", "uat", "--epochs", "6", "--schedule", "onecycle", "--lr", "0.2"],
+            "lowcost": ["--algorithm", "lowcost", "--epochs", "4", "--schedule", "onecycle", "--lr", "0.2"],
+            "uat": ["--algorithm", "uat", "--epochs", "3", "--schedule", "onecycle", "--lr", "0.2"],
             "fgsm": ["--algorithm", "fgsm", "--epochs", "8", "--schedule", "onecycle", "--lr", "0.2"],
             "pgd": ["--algorithm", "pgd", "--pgd-steps", "3", "--epochs", "6", "--schedule", "onecycle", "--lr", "0.2"],
             "uadam": ["--algorithm", "uat", "--delta-rule", "adam", "--delta-lr", "1", "--epochs", "8",
@@ -136,7 +136,7 @@ def _train(dataset: str, algo: str, data_root: str | None, extra: list[str]) -> 
     name = zoo_name(dataset, algo)
     out = RUNS / name
     cmd = [sys.executable, "-m", "uat_core", "train", "--dataset", dataset, "--model", rec["model"],
-           "--eps", str(rec["eps"]), "--out", str(out), "--report-attack-size", str(rec["attack_size"]),
+           "--eps", str(rec["eps"]), "--out", str(out.relative_to(ROOT)), "--report-attack-size", str(rec["attack_size"]),
            "--seed", "0", *rec["models"][algo], *extra]
     if data_root:
         cmd += ["--data-root", data_root]

@@ -63,8 +63,11 @@ def _zoo_histories(ds: str, entries: dict) -> dict:
     return out
 
 
-def compute(ds: str, pages=PAGES, log=print) -> dict:
-    """Run the default job of each page on ``ds`` and return the updated file contents."""
+def compute(ds: str, pages=PAGES, log=print, save=None) -> dict:
+    """Run the default job of each page on ``ds`` and return the updated file contents.
+
+    ``save(blob)``, if given, is called after every page, so an interrupted run keeps what it finished.
+    """
     from uat_core.data import load_dataset
     from uat_core.zoo import list_models, load_zoo_model, load_zoo_perturbation
 
@@ -86,6 +89,8 @@ def compute(ds: str, pages=PAGES, log=print) -> dict:
         if page == "uat":
             extras["uat_histories"] = _zoo_histories(ds, entries)
             log(f"uat: training histories of {', '.join(extras['uat_histories']) or 'no'} zoo models")
+            if save is not None:
+                save({"version": 1, "dataset": ds, "results": results, "extras": extras})
             continue
         s = S.defaults(page, ds)
         test = load_dataset(ds, "test", progress=False).subset(s["test_size"], seed=0)
@@ -104,6 +109,8 @@ def compute(ds: str, pages=PAGES, log=print) -> dict:
             raise SystemExit(f"{page}: {job.error}")
         results[S.key(page, ds, tag, s)] = res
         log(f"{page}: done in {time.perf_counter() - t0:.1f} s (compute {job.compute_seconds:.1f} s)")
+        if save is not None:
+            save({"version": 1, "dataset": ds, "results": results, "extras": extras})
     return {"version": 1, "dataset": ds, "results": results, "extras": extras}
 
 
@@ -118,11 +125,14 @@ def main(argv=None) -> int:
     if bad:
         print(f"error: unknown page '{bad[0]}': choose from {', '.join(PAGES)}", file=sys.stderr)
         return 2
-    blob = compute(args.dataset, pages)
     from uat_core.fileio import atomic_write
     path = precomputed_path(args.dataset)
-    atomic_write(path, lambda tmp: torch.save(blob, tmp))
-    print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB, {len(blob['results'])} results)")
+
+    def save(blob):
+        atomic_write(path, lambda tmp: torch.save(blob, tmp))
+
+    blob = compute(args.dataset, pages, save=save)
+    print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB, {len(blob['results'])} results)", flush=True)
     return 0
 
 

@@ -76,15 +76,17 @@ if FAST:                                    # as the test suite: one intra-op th
     torch.set_num_threads(int(os.environ.get("UAT_TEST_THREADS", "1")))
 torch.manual_seed(0)
 
-# CIFAR-10 when its images ($UAT_DATA) and its zoo models are both here, else scikit-learn's 8x8 digits
-# upsampled to 32x32 (bundled, offline, instant). Set PREFER = "digits" to force the small one.
+# CIFAR-10 when its images ($UAT_DATA) and the zoo models this notebook needs are both here, else
+# scikit-learn's 8x8 digits upsampled to 32x32 (bundled, offline, instant). PREFER = "digits" forces those.
 PREFER = "auto"
+NEEDS = {needs!r}  # the zoo models (by training algorithm) used below
 DATA_ROOT = resolve_data_root(None)                                   # $UAT_DATA, if set
 if DATA_ROOT and not Path(DATA_ROOT).expanduser().is_dir() and (Path.cwd().parent / DATA_ROOT).is_dir():
     DATA_ROOT = str(Path.cwd().parent / DATA_ROOT)                    # given relative to the project root
 HAVE_CIFAR = bool(DATA_ROOT) and Path(DATA_ROOT).expanduser().is_dir()
 CIFAR_ZOO = {{m["algorithm"]: m["name"] for m in zoo.list_models("cifar10")}}
-USE_CIFAR = PREFER == "auto" and not FAST and HAVE_CIFAR and "natural" in CIFAR_ZOO
+MISSING = [a for a in NEEDS if a not in CIFAR_ZOO]
+USE_CIFAR = PREFER == "auto" and not FAST and HAVE_CIFAR and not MISSING
 DATASET = "cifar10" if USE_CIFAR else "digits"
 EPS = 8 if USE_CIFAR else 32               # ε in 0-255 pixel units: the paper's 8 on CIFAR-10; digits need more
 ZOO = {{m["algorithm"]: m["name"] for m in zoo.list_models(DATASET)}}    # training algorithm -> zoo model name
@@ -106,16 +108,20 @@ elif DATA_ROOT is None:
 elif not HAVE_CIFAR:
     reason = f"UAT_DATA={{DATA_ROOT}} is not a folder"
 else:
-    reason = "the zoo has no CIFAR-10 models yet (assets/models/manifest.json)"
+    reason = f"the zoo has no CIFAR-10 {{'/'.join(MISSING)}} model yet (assets/models/manifest.json)"
 display(Markdown(f"**Dataset: {{DATASET}}** ({{reason}}).  \\n{{train.source}}: {{len(train)}} training and "
                  f"{{len(test)}} test images used here, ε = {{EPS}}/255."
                  + ("  \\n**Fast mode**: tiny sets and few epochs, so the numbers below are rough." if FAST else "")))
 '''
 
 
-def setup_cell(sizes: str, imports: str = "") -> object:
-    """The first code cell of every notebook: the shared head plus this notebook's sizes and imports."""
-    return code(SETUP_HEAD.format(sizes=dedent(sizes).strip("\n"), imports=dedent(imports).strip("\n") + "\n"))
+def setup_cell(sizes: str, imports: str = "", needs: tuple = ("natural",)) -> object:
+    """The first code cell of every notebook: the shared head plus this notebook's sizes and imports.
+
+    ``needs``: the zoo models (by training algorithm) without which the notebook falls back to digits.
+    """
+    return code(SETUP_HEAD.format(sizes=dedent(sizes).strip("\n"), imports=dedent(imports).strip("\n") + "\n",
+                                  needs=list(needs)))
 
 
 # ---- writing -----------------------------------------------------------------------------------

@@ -24,13 +24,13 @@ def cells():
         elif USE_CIFAR:
             TRAIN_SIZE, TEST_SIZE, TRAIN_EPOCHS, ATTACK_SIZE, ATTACK_EPOCHS = 5000, 2000, 2, 1000, 5
         else:
-            TRAIN_SIZE, TEST_SIZE, TRAIN_EPOCHS, ATTACK_SIZE, ATTACK_EPOCHS = 1297, 500, 8, 1297, 10
+            TRAIN_SIZE, TEST_SIZE, TRAIN_EPOCHS, ATTACK_SIZE, ATTACK_EPOCHS = 1297, 500, 8, 1297, 5
         """, imports="""
         import torch.nn.functional as F
         from uat_core.models import frozen
         from uat_core.pipeline import make_attack, make_trainer, robustness_report
         from uat_core.training import default_config_for
-        """),
+        """, needs=("natural", "uat")),
 
         md(r"""
         ## 1. The min-max problem

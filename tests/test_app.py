@@ -431,3 +431,39 @@ def test_downloads_hold_the_perturbation(eng):
     test = eng["test"]
     grid = comparison_grid(test.float_images(slice(0, 16)), delta, test.classes, [0] * 16, [1] * 16, test.labels[:16])
     assert grid.size[0] == 8 * (32 * 3 + 4)
+
+
+# ---- the Streamlit-free pieces ------------------------------------------------------------------------------
+
+def test_job_advances_in_slices_stops_cleanly_and_reports_user_errors(eng):
+    from uat_core.errors import UATError
+    from webapp.jobs import Job, attack_job
+    done = []
+    job = Job("t", attack_job, eng["model"], eng["train"].subset(256, seed=0), eng["test"],
+              {"eps": 32, "epochs": 3, "seed": 0}, on_done=done.append)
+    assert job.pump(0) == 1 and not job.done and len(job.state["history"]) == 1   # one engine step per slice
+    job.pump(0)
+    job.stop()
+    job.finish()
+    assert job.done and job.result["stopped"] and job.result["steps"] == 2     # no step after the stop
+    assert done == [job] and job.compute_seconds > 0
+    assert job.result["metrics"]["n"] == len(eng["test"])        # the partial δ is still measured
+
+    def broken(job):
+        yield
+        raise UATError("the gradient became NaN")
+
+    bad = Job("b", broken, on_done=done.append)
+    bad.finish()
+    assert bad.done and bad.error == "the gradient became NaN" and bad.result is None and done == [job]
+
+
+def test_settings_keys_name_exactly_one_result():
+    from webapp import settings as S
+    d = S.defaults("lab", "digits")
+    assert S.key("lab", "digits", "zoo:a:1", d) == S.key("lab", "digits", "zoo:a:1", dict(reversed(list(d.items()))))
+    assert S.key("lab", "digits", "zoo:a:1", d) != S.key("lab", "digits", "zoo:a:1", {**d, "eps": 16})
+    assert S.key("lab", "digits", "zoo:a:1", d) != S.key("lab", "digits", "zoo:a:2", d)
+    inf = S.key("lab", "digits", "t", {**d, "beta": math.inf})
+    assert S.settings_of(inf)["beta"] == "inf"
+    assert S.defaults("lab", "digits")["eps"] == 32 and S.defaults("lab", "cifar10")["eps"] == 8

@@ -6,6 +6,10 @@
     state        Streamlit: cached data/models/results, the dataset choice, the model picker, uploads
     live         Streamlit: Run/Stop buttons and the fragment that advances a job a slice at a time
     ui           Streamlit: small shared drawing helpers (metrics, δ pictures, downloads)
+    boot         Streamlit: every page runs inside app.py's navigation, even as a fresh server's first URL
+
+Run the demonstrator with ``streamlit run app.py`` (add ``-- --data-root DIR`` or set ``UAT_DATA`` for
+CIFAR-10); regenerate the shipped default results with ``python -m webapp.precompute --dataset digits``.
 
 ``uat_core`` knows nothing of Streamlit; everything Streamlit-specific lives here.
 """

@@ -49,12 +49,12 @@ def defaults(page: str, ds: str) -> dict:
     base = {"model": "natural", "eps": d["eps"], "test_size": d["test_size"]}
     if page == "lab":
         return {**base, "norm": "linf", "beta": 9.0, "optimizer": "pgd", "step_size": None,
-                "epochs": _per(ds, 5, 3), "attack_size": _per(ds, 500, 1000), "target": None, "seed": 0}
+                "epochs": _per(ds, 5, 5), "attack_size": _per(ds, 500, 2000), "target": None, "seed": 0}
     if page == "beta":
         return {**base, "betas": [1.0, 2.0, 3.0, 5.0, 9.0, 15.0, INF], "repeats": _per(ds, 3, 2),
-                "attack_size": _per(ds, 500, 500), "epochs": _per(ds, 5, 2), "optimizer": "pgd"}
+                "attack_size": _per(ds, 500, 1000), "epochs": _per(ds, 5, 4), "optimizer": "pgd"}
     if page == "race":
-        return {**base, "epochs": _per(ds, 5, 2), "attack_size": _per(ds, 500, 1000), "beta": 9.0, "seed": 0}
+        return {**base, "epochs": _per(ds, 5, 5), "attack_size": _per(ds, 500, 1000), "beta": 9.0, "seed": 0}
     if page == "uat":
         return {"eps": d["eps"], "test_size": d["test_size"], "algorithms": ["natural", "uat", "lowcost"],
                 "epochs": _per(ds, 8, 1), "train_size": _per(ds, 1297, 5000), "delta_rule": "fgsm",
@@ -64,7 +64,7 @@ def defaults(page: str, ds: str) -> dict:
                 "idf_batch": 8}
     if page == "size":
         return {**base, "sizes": _per(ds, [25, 50, 100, 250, 500, 1297], [50, 100, 250, 500, 1000, 2000]),
-                "repeats": 2, "steps": _per(ds, 20, 10)}
+                "repeats": 2, "steps": _per(ds, 20, 40)}
     if page == "transfer":
         return {"test_size": d["test_size"]}
     raise KeyError(page)

@@ -175,6 +175,10 @@ def cells():
         * The per-instance defences (**fgsm**, **pgd**) cost more per step. Check in your table whether they
           also resist the universal attack; a model trained with one-step FGSM examples can learn to defeat
           that one step without being robust to a multi-step attack.
+        * A model that is *more* accurate under FGSM than on clean images (look at the `fgsm` row) has not
+          become robust: its training went wrong and it learned to recognise FGSM's own perturbation pattern
+          (known as label leaking, or catastrophic overfitting). Never judge a defence by the attack it was
+          trained with alone.
         * "now" and "recorded" differ when the attack settings differ (attack-set size, epochs) and because
           every attack is a random process: treat a few points of difference as noise.
         """),

@@ -171,9 +171,9 @@ with c1:
     st.markdown("**Clean vs perturbed test images**")
     pv = res.get("preview")
     if pv:
-        n = pv["n"]
-        grid = comparison_grid(test.float_images(slice(0, n)), res["delta"], classes, pv["clean_pred"],
-                               pv["pert_pred"], test.labels[:n], pv["pert_conf"], scale=3, ncol=8)
+        idx = pv.get("idx", list(range(pv["n"])))
+        grid = comparison_grid(test.float_images(idx), res["delta"], classes, pv["clean_pred"],
+                               pv["pert_pred"], test.labels[idx], pv["pert_conf"], scale=3, ncol=8)
         st.image(grid, caption="Rows 1 and 3: clean test images with the predicted label. Rows 2 and 4: the same "
                                "images + δ, with the predicted label and its confidence. Red = wrong.",
                  width="stretch")

@@ -28,12 +28,13 @@ def hero(ds: str, sha: str, n: int = 8, ncol: int = 4) -> tuple[bytes, bytes, di
     delta = state.zoo_delta(ds, "natural")
     t = state.test_set(ds, D["test_size"])
     pv = preview(p.model, t, delta, n=n, device=state.device())
-    grid = export.comparison_grid(t.float_images(slice(0, n)), delta, t.classes, pv["clean_pred"], pv["pert_pred"],
-                                  t.labels[:n], pv["pert_conf"], scale=3, ncol=ncol)
+    idx = pv["idx"]
+    grid = export.comparison_grid(t.float_images(idx), delta, t.classes, pv["clean_pred"], pv["pert_pred"],
+                                  t.labels[idx], pv["pert_conf"], scale=3, ncol=ncol)
     eps = float(p.entry["eps"]) / 255
     return (export.png_bytes(export.delta_image(delta, eps, 6)), export.png_bytes(grid),
-            {"clean": sum(int(a == b) for a, b in zip(pv["clean_pred"], t.labels[:n].tolist())),
-             "pert": sum(int(a == b) for a, b in zip(pv["pert_pred"], t.labels[:n].tolist())), "n": n})
+            {"clean": sum(int(a == b) for a, b in zip(pv["clean_pred"], t.labels[idx].tolist())),
+             "pert": sum(int(a == b) for a, b in zip(pv["pert_pred"], t.labels[idx].tolist())), "n": n})
 
 
 left, right = st.columns([5, 4], gap="large")
@@ -55,10 +56,10 @@ with right:
         c1.image(dpng, caption=f"δ of the natural model, ε = {e['eps']}/255 (grey = 0)", width="stretch")
         c2.image(gpng, caption="Rows 1 and 3: test images and the natural model's predictions. Rows 2 and 4: "
                                "the same images + δ (red = wrong, with the model's confidence).", width="stretch")
-        st.markdown(f"The natural model is right on **{ui.pct(e['clean_top1'])}** of the {ds} test images and "
-                    f"on only **{ui.pct(e.get('perturbed_top1'))}** once this δ is added to all of them. "
-                    f"A model trained with UAT keeps "
-                    f"**{ui.pct(zoo['uat'].get('perturbed_top1')) if 'uat' in zoo else '–'}** under its own δ.")
+        uat = (f" A model trained with UAT keeps **{ui.pct(zoo['uat'].get('perturbed_top1'))}** under a δ built "
+               "against it in the same way." if "uat" in zoo else "")
+        st.markdown(f"The natural model is right on **{ui.pct(e['clean_top1'])}** of the {S.DS_LABEL[ds]} test images "
+                    f"and on only **{ui.pct(e.get('perturbed_top1'))}** once this δ is added to all of them.{uat}")
 
 st.divider()
 c1, c2 = st.columns(2, gap="large")

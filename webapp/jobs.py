@@ -165,12 +165,25 @@ def attack_job(job: Job, model, attack_set: ImageData, test: ImageData, cfg: dic
             "preview": preview(model, test, res.delta, device=device)}
 
 
+def preview_indices(test: ImageData, n: int = 16) -> list[int]:
+    """``n`` test images taken round-robin over the classes (the first of each class, then the second, …),
+    so the picture grid shows every class even when the test images are stored class by class."""
+    per_class = [(test.labels == c).nonzero().flatten().tolist() for c in range(test.num_classes)]
+    out: list[int] = []
+    for rank in range(max((len(p) for p in per_class), default=0)):
+        for p in per_class:
+            if rank < len(p) and len(out) < n:
+                out.append(p[rank])
+    return out
+
+
 def preview(model, test: ImageData, delta: torch.Tensor, n: int = 16, device=None) -> dict:
-    """Predictions (label, confidence) on the first ``n`` test images, clean and with δ: the picture grid."""
-    n = min(n, len(test))
-    clean, cconf = predict(model, test.images[:n], None, device=device, topk=1)
-    pert, pconf = predict(model, test.images[:n], delta, device=device, topk=1)
-    return {"n": n, "clean_pred": clean[:, 0].tolist(), "clean_conf": cconf.tolist(),
+    """Predictions (label, confidence) on ``n`` test images, clean and with δ: the picture grid."""
+    idx = preview_indices(test, n)
+    imgs = test.images[idx]                                                  # (n,C,H,W) uint8
+    clean, cconf = predict(model, imgs, None, device=device, topk=1)
+    pert, pconf = predict(model, imgs, delta, device=device, topk=1)
+    return {"n": len(idx), "idx": idx, "clean_pred": clean[:, 0].tolist(), "clean_conf": cconf.tolist(),
             "pert_pred": pert[:, 0].tolist(), "pert_conf": pconf.tolist()}
 
 

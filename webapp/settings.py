@@ -28,6 +28,7 @@ DATASET = {
     },
 }
 
+DS_LABEL = {"digits": "digits", "cifar10": "CIFAR-10"}
 INF = math.inf
 OPTIMIZERS = ("sgd", "msgd", "pgd", "adam")
 OPT_LABEL = {"sgd": "SGD", "msgd": "MSGD", "pgd": "PGD (sign)", "adam": "ADAM"}

@@ -27,7 +27,7 @@ def cells():
         if FAST:
             TRAIN_SIZE, TEST_SIZE, EPOCHS = 128, 100, 1         # CI smoke run: seconds
         elif USE_CIFAR:
-            TRAIN_SIZE, TEST_SIZE, EPOCHS = 2000, 2000, 10      # ResNet-20 on a CPU: about a minute per attack
+            TRAIN_SIZE, TEST_SIZE, EPOCHS = 2000, 2000, 5       # ResNet-20 on a CPU: a minute or so per attack
         else:
             TRAIN_SIZE, TEST_SIZE, EPOCHS = 1297, 500, 5        # all digits: seconds per attack
         """, imports="""

@@ -79,7 +79,7 @@ class TrainConfig:
             raise UATError(f"unknown update rule '{self.delta_rule}': choose {', '.join(DELTA_RULES)}")
         if self.schedule not in SCHEDULES:
             raise UATError(f"unknown schedule '{self.schedule}': choose {', '.join(SCHEDULES)}")
-        if self.algorithm != "natural" and not (0 < self.eps <= 255):
+        if not (0 < self.eps <= 255):              # also the robustness report's default ε
             raise UATError(f"eps must be in (0, 255] (0-255 pixel units), got {self.eps}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UATError(f"lr must be a number > 0, got {self.lr}")

@@ -190,7 +190,7 @@ def build(dataset: str, only: list[str] | None = None, data_root: str | None = N
             "epochs": metrics["epochs"], "train_size": metrics["train_size"],
             "clean_top1": metrics["clean_top1"], "robust_top1": metrics.get("robust_top1"),
             "train_seconds": round(metrics["seconds"], 1), "passes": metrics.get("passes"),
-            "command": meta["training"].get("command"),
+            "command": (meta["training"].get("command") or "").replace(str(ROOT) + os.sep, ""),
             "perturbation": pfile.name, "perturbation_sha256": sha256(pfile),
             "perturbed_top1": ev["perturbed_top1"], "perturbation_clean_top1": ev["clean_top1"],
             "perturbation_attack": {"eps": rec["eps"], "beta": 9.0, "optimizer": "pgd", "epochs": 10,

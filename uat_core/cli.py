@@ -396,4 +396,8 @@ def cmd_train(args) -> int:
         return 0
     finally:
         if distributed and dist.is_initialized():
+            try:                 # leave together: a gloo peer closing early can abort the others' threads
+                dist.barrier()
+            except Exception:
+                pass
             dist.destroy_process_group()

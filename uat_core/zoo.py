@@ -49,10 +49,10 @@ RECIPES = {
         "models": {
             "natural": ["--algorithm", "natural", "--epochs", "10", "--schedule", "onecycle", "--lr", "0.2"],
             "lowcost": ["--algorithm", "lowcost", "--epochs", "4", "--schedule", "onecycle", "--lr", "0.2"],
-            "uat": ["--algorithm", "uat", "--epochs", "3", "--schedule", "onecycle", "--lr", "0.2"],
-            "fgsm": ["--algorithm", "fgsm", "--epochs", "8", "--schedule", "onecycle", "--lr", "0.2"],
-            "pgd": ["--algorithm", "pgd", "--pgd-steps", "3", "--epochs", "6", "--schedule", "onecycle", "--lr", "0.2"],
-            "uadam": ["--algorithm", "uat", "--delta-rule", "adam", "--delta-lr", "1", "--epochs", "8",
+            "uat": ["--algorithm", "uat", "--epochs", "8", "--schedule", "onecycle", "--lr", "0.2"],
+            "fgsm": ["--algorithm", "fgsm", "--epochs", "4", "--schedule", "onecycle", "--lr", "0.2"],
+            "pgd": ["--algorithm", "pgd", "--pgd-steps", "2", "--epochs", "2", "--schedule", "onecycle", "--lr", "0.2"],
+            "uadam": ["--algorithm", "uat", "--delta-rule", "adam", "--delta-lr", "1", "--epochs", "4",
                       "--schedule", "onecycle", "--lr", "0.2"],
         },
     },
@@ -217,7 +217,12 @@ def main(argv=None) -> int:
     r.add_argument("--dataset", default="cifar10", help="digits | cifar10")
     r.add_argument("--data-root", default=None, help="CIFAR-10 location (default $UAT_DATA)")
     r.add_argument("--attack-size", type=int, default=None, help="training images per attack (default 5000; digits all)")
-    r.add_argument("--out", default=str(ROOT / "docs" / "results.md"), help="the Markdown file to write")
+    r.add_argument("--attack-epochs", type=int, default=10, help="passes of Alg. 2 over the attack images (default 10)")
+    r.add_argument("--out", default=str(ROOT / "docs" / "results.md"),
+                   help="the Markdown file to write (a .json twin is written beside it; both are replaced)")
+    r.add_argument("--no-cache", action="store_true",
+                   help="attack every model again instead of reusing perturbations saved in runs/report_cache "
+                        "by an earlier report (they are keyed by model sha256, ε, attack size and epochs)")
     f = sub.add_parser("refresh", help="recompute the fixed-slice figures of the manifest")
     f.add_argument("--dataset", default="digits", help="digits | cifar10")
     f.add_argument("--data-root", default=None, help="CIFAR-10 location (default $UAT_DATA)")
@@ -230,7 +235,8 @@ def main(argv=None) -> int:
             build(args.dataset, args.only.split(",") if args.only else None, args.data_root)
         elif args.cmd == "report":
             from .report import write_report
-            write_report(args.dataset, args.data_root, args.attack_size, Path(args.out))
+            write_report(args.dataset, args.data_root, args.attack_size, Path(args.out), args.attack_epochs,
+                         None if args.no_cache else ROOT / "runs" / "report_cache")
         elif args.cmd == "refresh":
             refresh(args.dataset, args.data_root)
         else:

@@ -87,7 +87,10 @@ def compute(ds: str, pages=PAGES, log=print, save=None) -> dict:
     for page in pages:
         t0 = time.perf_counter()
         if page == "uat":
-            extras["uat_histories"] = _zoo_histories(ds, entries)
+            # keep the histories of models whose training run is not on this machine (same sha: same model)
+            kept = {a: it for a, it in extras.get("uat_histories", {}).items()
+                    if a in entries and it.get("sha") == entries[a]["sha256"]}
+            extras["uat_histories"] = {**kept, **_zoo_histories(ds, entries)}
             log(f"uat: training histories of {', '.join(extras['uat_histories']) or 'no'} zoo models")
             if save is not None:
                 save({"version": 1, "dataset": ds, "results": results, "extras": extras})

@@ -1,0 +1,91 @@
+"""The zoo report: figures come from real attacks and evaluations, the cache reuses them, targets are judged right."""
+import json
+
+import pytest
+import torch
+
+from uat_core import report, zoo
+from uat_core.data import load_dataset
+from uat_core.errors import UATError
+from uat_core.evaluation import evaluate
+
+
+@pytest.fixture(scope="module")
+def digits_report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    data = report.write_report("digits", None, 64, tmp / "results.md", attack_epochs=1, cache=tmp / "cache")
+    return tmp, data
+
+
+def test_report_rows_are_the_zoo_models_and_match_a_plain_evaluation(digits_report):
+    tmp, data = digits_report
+    names = [e["name"] for e in zoo.list_models("digits")]
+    assert [r["name"] for r in data["rows"]] == names
+    assert data["eps"] == [32, 48, 64] and data["attack_size"] == 64 and data["attack_epochs"] == 1
+    test = load_dataset("digits", "test", progress=False)
+    model, _ = zoo.load_zoo_model("digits_smallcnn_natural")
+    with torch.no_grad():
+        plain = (model(test.images.float() / 255).argmax(1) == test.labels).float().mean().item()
+    row = data["rows"][names.index("digits_smallcnn_natural")]
+    assert row["clean_top1"] == pytest.approx(plain, abs=1e-6)
+    for r in data["rows"]:                           # 1.5ε only for the natural model
+        assert (r["robust_top1@48"] is None) == (r["algorithm"] != "natural")
+        assert 0 <= r["robust_top1@64"] <= 1
+    t = data["transfer"]                             # the diagonal is each model's own attack at ε
+    for i, r in enumerate(data["rows"]):
+        assert t["matrix"][i][i] == pytest.approx(r["robust_top1@32"], abs=1e-6)
+    md = (tmp / "results.md").read_text()
+    assert data["command"] in md and "--attack-epochs 1" in data["command"]
+    assert json.loads((tmp / "results.json").read_text())["rows"] == json.loads(json.dumps(data["rows"]))
+    for label in ("natural", "uFGSM (Alg. 3)", "low-cost (Alg. 4)"):
+        assert f"| {label} |" in md
+
+
+def test_cached_perturbations_are_reused_not_recomputed(digits_report, monkeypatch):
+    tmp, data = digits_report
+    files = sorted((tmp / "cache").glob("*.pt"))
+    assert len(files) == 2 * len(data["rows"]) + 1     # ε and 2ε for every model, 1.5ε for the natural one
+
+    def refuse(*a, **k):
+        raise AssertionError("the cache should have been used")
+    monkeypatch.setattr(report, "make_attack", refuse)
+    again = report.write_report("digits", None, 64, tmp / "again.md", attack_epochs=1, cache=tmp / "cache")
+    assert again["rows"] == data["rows"] and again["transfer"] == data["transfer"]
+
+
+def test_bad_sizes_are_one_line_errors(tmp_path):
+    with pytest.raises(UATError, match="attack-size"):
+        report.write_report("digits", None, 0, tmp_path / "r.md")
+    with pytest.raises(UATError, match="attack-epochs"):
+        report.write_report("digits", None, 10, tmp_path / "r.md", attack_epochs=0)
+    assert not (tmp_path / "r.md").exists()
+
+
+def _fake(nat=(0.90, 0.45, 0.30, 0.20), fgsm=0.5, low=(0.80, 0.72), uat=(0.85, 0.81)):
+    row = lambda a, c, r8, r12=None, r16=0.1: {"algorithm": a, "clean_top1": c, "robust_top1@8": r8,
+                                               "robust_top1@12": r12, "robust_top1@16": r16}
+    return {"eps": [8, 12, 16], "rows": [row("natural", nat[0], nat[1], nat[2], nat[3]), row("fgsm", 0.8, fgsm),
+                                         row("lowcost", *low), row("uat", *uat)]}
+
+
+def test_targets_are_judged_from_the_figures():
+    t = {x["target"]: x for x in report.targets(_fake())}
+    met = {k: v["met"] for k, v in t.items()}
+    assert met["natural: clean ≥ 88%"] is True
+    assert met["natural: the attack takes ≥ 40 points at ε = 8"] is True          # 90 - 45 = 45
+    assert met["natural: the attack takes ≥ 65 points at ε = 16"] is True         # 90 - 20 = 70
+    assert met["uat: attacked within 5 points of clean at ε = 8"] is True          # 4 points
+    assert met["lowcost: attacked within 10 points of clean at ε = 8"] is True     # 8 points
+    assert met["ordering under attack at ε = 8: natural < FGSM < low-cost ≤ uFGSM"] is True
+    assert t["natural: the attack takes ≥ 40 points at ε = 8"]["measured"] == "45.0 points"
+    bad = {x["target"]: x["met"] for x in report.targets(_fake(nat=(0.85, 0.50, 0.40, 0.25), fgsm=0.9,
+                                                                uat=(0.80, 0.70)))}
+    assert bad["natural: clean ≥ 88%"] is False
+    assert bad["natural: the attack takes ≥ 40 points at ε = 8"] is False
+    assert bad["uat: clean ≥ 82%"] is False and bad["uat: attacked within 5 points of clean at ε = 8"] is False
+    assert bad["ordering under attack at ε = 8: natural < FGSM < low-cost ≤ uFGSM"] is False
+    assert bad["natural, ε = 12: no more than the reference attack's 32% left"] is False
+    missing = _fake()
+    missing["rows"] = [r for r in missing["rows"] if r["algorithm"] != "fgsm"]
+    assert {x["target"]: x["met"] for x in report.targets(missing)}[
+        "ordering under attack at ε = 8: natural < FGSM < low-cost ≤ uFGSM"] is None

@@ -54,45 +54,14 @@ sb.caption(f"{len(size_points(s, len(train)))} attacks · PGD, β = 9 · accurac
 def figure(rows, clean):
     xs, means, stds = summarize(sorted(rows, key=lambda r: r["x"]), "x")
     fig = plots.sweep_figure(xs, means, stds, x_title="attack-set size n (training images)",
-                             title="Test accuracy under a δ built from n images")
-    if clean is not None:
-        fig.add_hline(y=100 * clean, line_dash="dot", line_color=plots.PALETTE["natural"],
-                      annotation_text=f"clean {100 * clean:.1f}%", annotation_position="top right")
-    fig.update_yaxes(range=[0, 105])
+                             title="Test accuracy under a δ built from n images", clean=clean)
     return fig, xs, means, stds
 
 
-def draw(job):
-    live.progress_line(job)
-    rows = job.state.get("rows", [])
-    c1, c2 = st.columns(2)
-    with c1:
-        if rows:
-            ui.chart(figure(rows, job.state.get("clean_top1"))[0], key="size_live_sweep")
-        else:
-            st.info("The first point appears when the first attack is done.")
-    with c2:
-        if job.state.get("history"):
-            ui.chart(plots.attack_curve(job.state["history"], title=f"Now: {job.state.get('phase', '')}"),
-                            key="size_live_curve")
-
-
-job = live.panel(PAGE, draw)
-if job is not None and not job.done:
-    st.stop()
-if picked is None:
-    st.stop()
-shown = state.find(PAGE, ds, key, default_key)
-if shown.kind == "none":
-    st.info("No result for these settings yet: press **Run**.")
-    st.stop()
-ui.shown_note(shown)
+job = live.panel(PAGE, lambda j: live.sweep_panel(j, lambda rows, clean: figure(rows, clean)[0], "size"))
+shown = live.stored_result(PAGE, ds, job, picked, key, default_key, sweep=True)
 res = shown.result
-if not res.get("complete", True):
-    st.warning("This sweep was stopped early: only the finished attacks are shown.")
 rows = res["rows"]
-if not rows:
-    st.stop()
 fig, xs, means, stds = figure(rows, res.get("clean_top1"))
 c = st.columns(3)
 c[0].metric("Clean top-1", ui.pct(res.get("clean_top1")), border=True)

@@ -69,15 +69,7 @@ def draw(job):
 
 
 job = live.panel(PAGE, draw)
-if job is not None and not job.done:
-    st.stop()
-if picked is None:
-    st.stop()
-shown = state.find(PAGE, ds, key, default_key)
-if shown.kind == "none":
-    st.info("No result for these settings yet: press **Run**.")
-    st.stop()
-ui.shown_note(shown)
+shown = live.stored_result(PAGE, ds, job, picked, key, default_key)
 res = shown.result
 sh_eps = float(shown.settings.get("eps", eps))
 methods = [m for m in ("idf", "alg2") if m in res]

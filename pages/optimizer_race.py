@@ -71,15 +71,7 @@ def draw(job):
 
 
 job = live.panel(PAGE, draw)
-if job is not None and not job.done:
-    st.stop()
-if picked is None:
-    st.stop()
-shown = state.find(PAGE, ds, key, default_key)
-if shown.kind == "none":
-    st.info("No result for these settings yet: press **Start the race**.")
-    st.stop()
-ui.shown_note(shown, "Start the race")
+shown = live.stored_result(PAGE, ds, job, picked, key, default_key, "Start the race")
 res = shown.result
 shown_eps = float(shown.settings.get("eps", eps))
 runs = res["runs"]

@@ -92,14 +92,20 @@ def training_curves(histories: dict[str, list[dict]], key: str = "acc", smooth: 
 
 
 def sweep_figure(xs, means, stds=None, x_title: str = "β", title: str = "", log_x: bool = False,
-                 y_title: str = "accuracy under attack (%)", name: str = "") -> go.Figure:
-    """Mean ± std error bars against a swept setting (β, attack-set size, ...). ``xs`` may contain ∞."""
+                 y_title: str = "accuracy under attack (%)", name: str = "", clean: float | None = None) -> go.Figure:
+    """Mean ± std error bars against a swept setting (β, attack-set size, ...). ``xs`` may contain ∞.
+
+    With ``clean`` (a fraction), a dotted line marks the clean accuracy and the y axis spans 0-105%."""
     labels = ["∞" if (isinstance(x, float) and math.isinf(x)) else str(x) for x in xs]
     fig = go.Figure(go.Scatter(x=labels, y=[_pct(m) for m in means], mode="lines+markers", name=name,
                                error_y=None if stds is None else dict(type="data", array=[_pct(s) for s in stds]),
                                line=dict(color="#EF553B")))
     fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, **LAYOUT)
     fig.update_xaxes(type="category")
+    if clean is not None:
+        fig.add_hline(y=_pct(clean), line_dash="dot", line_color=PALETTE["natural"],
+                      annotation_text=f"clean {_pct(clean):.1f}%", annotation_position="top right")
+        fig.update_yaxes(range=[0, 105])
     return fig
 
 

@@ -19,8 +19,10 @@ from typing import Callable
 
 import streamlit as st
 
+from uat_core import plots
 from uat_core.errors import UATError
 
+from . import state, ui
 from .jobs import Job
 
 CHUNK = 0.4          # seconds of work per fragment run
@@ -150,3 +152,42 @@ def background(current: str, names: dict[str, str]) -> None:
 
     with st.sidebar:
         _bg()
+
+
+def sweep_panel(job: Job, figure: Callable[[list, float | None], object], key: str) -> None:
+    """Live view of a sweep job: the sweep so far (``figure(rows, clean)``) beside the current attack's curve."""
+    progress_line(job)
+    rows = job.state.get("rows", [])
+    c1, c2 = st.columns(2)
+    with c1:
+        if rows:
+            ui.chart(figure(rows, job.state.get("clean_top1")), key=f"{key}_live_sweep")
+        else:
+            st.info("The first point appears when the first attack is done.")
+    with c2:
+        if job.state.get("history"):
+            ui.chart(plots.attack_curve(job.state["history"], title=f"Now: {job.state.get('phase', '')}"),
+                     key=f"{key}_live_curve")
+
+
+def stored_result(page: str, ds: str, job: Job | None, picked, key, default_key, run_label: str = "Run",
+                  sweep: bool = False):
+    """The result section's gate, shared by the pages: stop while a job runs or without a model; else the
+    stored result for these settings (or the latest / precomputed one, said so on screen).
+
+    With ``sweep=True`` also warn when the sweep was stopped early and stop when it has no finished point.
+    """
+    if (job is not None and not job.done) or picked is None:
+        st.stop()
+    shown = state.find(page, ds, key, default_key)
+    if shown.kind == "none":
+        st.info(f"No result for these settings yet: press **{run_label}** (on the left).")
+        st.stop()
+    ui.shown_note(shown, run_label)
+    if sweep:
+        if not shown.result.get("complete", True):
+            st.warning("This sweep was stopped early: only the finished attacks are shown.")
+        if not shown.result["rows"]:
+            st.stop()
+    return shown
+

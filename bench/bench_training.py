@@ -77,11 +77,15 @@ def make_trainer(algo: str, args, train, device) -> Trainer:
     return Trainer(new_model(args.model, train, 0), train, cfg, device=device)
 
 
-def one_step(it) -> float:
-    """Seconds to the trainer's next "step" event (an epoch's end rides on the step before it)."""
+def one_step(it, device) -> float:
+    """Seconds to the trainer's next "step" event (an epoch's end rides on the step before it); on CUDA
+    the GPU is drained before both clock readings, so queued work is charged to the step that queued it."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     while next(it).kind != "step":
         pass
+    sync()
     return time.perf_counter() - t0
 
 
@@ -93,7 +97,7 @@ def measure(algos: list[str], args, train, device, rotate: int = 0) -> tuple[dic
     for s in range(trainers[algos[0]].total):
         k = (s + rotate) % len(algos)
         for a in algos[k:] + algos[:k]:
-            steps[a].append(one_step(its[a]))
+            steps[a].append(one_step(its[a], torch.device(device)))
     passes = {a: {k: v / t.step_i for k, v in t.passes.items()} for a, t in trainers.items()}
     return steps, passes
 

@@ -51,6 +51,9 @@ def test_cached_perturbations_are_reused_not_recomputed(digits_report, monkeypat
     monkeypatch.setattr(report, "make_attack", refuse)
     again = report.write_report("digits", None, 64, tmp / "again.md", attack_epochs=1, cache=tmp / "cache")
     assert again["rows"] == data["rows"] and again["transfer"] == data["transfer"]
+    assert data["reused"] == 0 and again["reused"] == again["attacks"] == len(files)
+    assert f"{len(files)} of its {len(files)} perturbations were reused" in (tmp / "again.md").read_text()
+    assert "were reused" not in (tmp / "results.md").read_text()
 
 
 def test_bad_sizes_are_one_line_errors(tmp_path):

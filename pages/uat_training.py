@@ -105,6 +105,7 @@ def _table(rows):
                           "clean top-1 (%)": round(100 * r["clean_top1"], 1),
                           "under universal attack (%)": round(100 * r["robust_top1"], 1),
                           "training (s)": None if r.get("train_seconds") is None else round(r["train_seconds"], 1),
+                          "trained on": r.get("device") or "this machine",
                           "forward/backward passes": f"{r['forward']}/{r['backward']}" if r.get("forward") else ""}
                          for r in rows])
 
@@ -121,6 +122,7 @@ def zoo_view() -> dict | None:
         rows.append({"name": S.ALGO_SHORT.get(a, a), "algorithm": a, "clean_top1": e["clean_top1"],
                      "robust_top1": e.get("perturbed_top1", e.get("robust_top1")),
                      "train_seconds": e.get("train_seconds"), "forward": p.get("forward"),
+                     "device": "CPU" if e.get("device", "cpu") == "cpu" else e["device"],
                      "backward": p.get("backward")})
         dz = state.zoo_delta(ds, a)
         if dz is not None:

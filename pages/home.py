@@ -84,13 +84,14 @@ with c2:
         rows = [{"model": S.ALGO_LABEL.get(a, a), "clean top-1": 100 * e["clean_top1"],
                  "under its own δ": None if e.get("perturbed_top1") is None else 100 * e["perturbed_top1"],
                  "train s": e.get("train_seconds"),
-                 "trained on": "CPU" if e.get("device", "cpu") == "cpu" else e["device"]} for a, e in zoo.items()]
+                 "trained on": "CPU" if e.get("device", "cpu") == "cpu" else e["device"].replace("NVIDIA ", "")} for a, e in zoo.items()]
         st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
             "clean top-1": st.column_config.NumberColumn(format="%.1f%%"),
             "under its own δ": st.column_config.NumberColumn(format="%.1f%%",
                                                              help="Alg. 2 against that model, ε as trained"),
             "train s": st.column_config.NumberColumn("train (s)", format="%.0f",
-                                                     help="Wall-clock training time on the machine in the next column")})
+                                                     help="Wall-clock training time on the machine in the next column"),
+            "trained on": st.column_config.TextColumn("on", help="Where it was trained (CPU or the GPU's name)")})
         archs = sorted({e["arch"] for e in zoo.values()})
         st.caption(f"{', '.join(archs)} models shipped in `assets/models` with their perturbations "
                    "(`python -m uat_core.zoo list`).")

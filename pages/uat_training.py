@@ -146,8 +146,10 @@ if shown.kind == "none":
     if res is None:
         st.info("No zoo models for this dataset: press **Train**.")
         st.stop()
+    n_att = sorted({(e.get("perturbation_attack") or {}).get("attack_size") for e in state.zoo(ds).values()} - {None})
+    on = f"{n_att[0]:,}" if len(n_att) == 1 else "some"
     st.info("Showing the shipped zoo models (trained with the zoo recipe; their robustness measured with a fresh "
-            "Alg. 2 attack on all training images). Press **Train** to train your own live.",
+            f"Alg. 2 attack built on {on} training images). Press **Train** to train your own live.",
             icon=":material/inventory_2:")
     sh_eps = float(res["eps"])
 else:

@@ -2,7 +2,7 @@
 
 Runs the attack lab on the digits, checks the test accuracy it shows against the engine's own result for
 the same settings, downloads δ as a PNG, stops a long run, and saves a screenshot of every page in
-``assets/screenshots`` (override with ``UAT_SCREENSHOTS=DIR``). Needs ``/usr/bin/chromium``
+``runs/screenshots`` (git-ignored; ``UAT_SCREENSHOTS=assets/screenshots`` refreshes the README's). Needs ``/usr/bin/chromium``
 (``apt-get install chromium``) and ``pip install playwright``; skipped with a reason otherwise.
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = Path(os.environ.get("UAT_SCREENSHOTS", ROOT / "assets" / "screenshots"))
+SHOTS = Path(os.environ.get("UAT_SCREENSHOTS", ROOT / "runs" / "screenshots"))   # git-ignored: a test run
+# leaves the tree clean; refresh the README's pictures with UAT_SCREENSHOTS=assets/screenshots
 PAGES = ["home", "attack_lab", "beta_clipping", "optimizer_race", "uat_training", "idf_vs_alg2", "data_size",
          "transfer"]
 TITLES = {"home": "UAT Lab", "attack_lab": "Universal attack lab", "beta_clipping": "β clipping",

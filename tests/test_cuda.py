@@ -1,7 +1,8 @@
 """The CUDA paths, checked against the same computation on the CPU (skipped where no GPU is visible).
 
-CI has no GPU, so these run only on a machine with one (``python -m pytest tests/test_cuda.py``); the
-figures they were last run on are in docs/benchmarks.md. Each test runs one computation on both devices
+CI has no GPU, so these run only on a machine with one: ``python -m pytest tests/test_cuda.py`` (where the
+dev requirements, nbmake among them, are not installed: ``python -m pytest -o addopts= tests/test_cuda.py``).
+Each test runs one computation on both devices
 from the same seed and compares: GPU float reductions differ from the CPU's in the last bits, so the
 comparisons are on outcomes (predictions, losses, signs), with tolerances that a wrong device move, a
 missing ``.cpu()`` or a dropped augmentation would break by far.

@@ -71,3 +71,15 @@ def test_natural_digits_model_is_fooled_by_its_shipped_perturbation():
     robust = {x["algorithm"]: x for x in ENTRIES if x["dataset"] == "digits"}
     assert robust["uat"]["robust_top1"] > e["robust_top1"] + 0.3
     assert torch.is_tensor(zoo.load_zoo_perturbation("digits_smallcnn_natural"))
+
+
+def test_cifar10_recipe_follows_the_device():
+    """A CPU build gets the short CPU recipes, a CUDA build the 40-epoch GPU ones; digits has one recipe."""
+    def epochs(args):
+        return int(args[args.index("--epochs") + 1])
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for algo in zoo.RECIPES["cifar10"]["models"]:
+        c, g = zoo.recipe("cifar10", algo, cpu), zoo.recipe("cifar10", algo, gpu)
+        assert c[:2] == g[:2]                                    # the same training algorithm
+        assert epochs(c) <= 10 and epochs(c) < epochs(g)
+    assert zoo.recipe("digits", "uat", cpu) == zoo.recipe("digits", "uat", gpu)

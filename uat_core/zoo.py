@@ -1,7 +1,7 @@
 """The model zoo: trained models and their universal perturbations shipped in ``assets/models``.
 
     python -m uat_core.zoo build --dataset digits            # seconds per model
-    python -m uat_core.zoo build --dataset cifar10 --only natural,lowcost   # CPU: ~20-60 min per model
+    python -m uat_core.zoo build --dataset cifar10 --only natural,lowcost   # GPU: minutes; CPU: ~15-45 min each
     python -m uat_core.zoo report --dataset cifar10          # writes docs/results.md
     python -m uat_core.zoo list
 
@@ -32,6 +32,7 @@ MANIFEST = ZOO_DIR / "manifest.json"
 RUNS = ROOT / "runs" / "zoo"
 
 _GPU40 = ["--epochs", "40", "--batch-size", "512", "--schedule", "onecycle", "--lr", "0.4"]
+_CPU = ["--schedule", "onecycle", "--lr", "0.2"]          # batch 128
 
 # name -> training recipe (the arguments after the common ones in _train). ε in 0-255 units. The digits
 # recipes take seconds each on a CPU.
@@ -47,10 +48,10 @@ RECIPES = {
             "uadam": ["--algorithm", "uat", "--delta-rule", "adam", "--delta-lr", "4", "--epochs", "8"],
         },
     },
-    # CIFAR-10: the recipes for one GPU (an H200 trains each in a minute or two); on a 2-core CPU the
-    # natural model alone takes about an hour and a half. Batch 512 with lr 0.4 is the usual 128 / 0.1
-    # scaled linearly; the per-instance FGSM uses the random start of Wong et al. (2020) so that 40
-    # epochs do not overfit catastrophically.
+    # CIFAR-10: the recipes for one GPU (an H200 trains each in a minute or two; on a 2-core CPU the natural
+    # one alone would take about an hour and a half, so a CPU build uses "cpu_models" below). Batch 512 with
+    # lr 0.4 is the usual 128 / 0.1 scaled linearly; the per-instance FGSM uses the random start of Wong et
+    # al. (2020) so that 40 epochs do not overfit catastrophically.
     "cifar10": {
         "eps": 8, "model": "resnet20", "attack_size": 2000,
         "models": {
@@ -62,8 +63,25 @@ RECIPES = {
             "pgd": ["--algorithm", "pgd", "--pgd-steps", "7", "--epochs", "10", "--batch-size", "512",
                     "--schedule", "onecycle", "--lr", "0.4"],
         },
+        # Without a GPU: each model in under about 45 minutes on a 2-core CPU (fewer epochs, PGD with K = 2).
+        "cpu_models": {
+            "natural": ["--algorithm", "natural", "--epochs", "10", *_CPU],
+            "uat": ["--algorithm", "uat", "--epochs", "8", *_CPU],
+            "lowcost": ["--algorithm", "lowcost", "--epochs", "8", *_CPU],
+            "fgsm": ["--algorithm", "fgsm", "--fgsm-random-start", "--epochs", "4", *_CPU],
+            "uadam": ["--algorithm", "uat", "--delta-rule", "adam", "--delta-lr", "1", "--epochs", "4", *_CPU],
+            "pgd": ["--algorithm", "pgd", "--pgd-steps", "2", "--epochs", "2", *_CPU],
+        },
     },
 }
+
+
+def recipe(dataset: str, algo: str, device: torch.device) -> list[str]:
+    """The training arguments of zoo model ``algo``: the GPU recipe on CUDA, the CPU one (where the dataset
+    has one) on the CPU."""
+    rec = RECIPES[dataset]
+    table = rec["cpu_models"] if device.type != "cuda" and "cpu_models" in rec else rec["models"]
+    return table[algo]
 
 
 def sha256(path: Path) -> str:
@@ -139,12 +157,13 @@ def refresh(dataset: str, data_root: str | None = None) -> None:
 
 
 def _train(dataset: str, algo: str, data_root: str | None, extra: list[str], device: str | None = None) -> Path:
+    from .device import pick_device
     rec = RECIPES[dataset]
     name = zoo_name(dataset, algo)
     out = RUNS / name
     cmd = [sys.executable, "-m", "uat_core", "train", "--dataset", dataset, "--model", rec["model"],
            "--eps", str(rec["eps"]), "--out", str(out.relative_to(ROOT)), "--report-attack-size", str(rec["attack_size"]),
-           "--seed", "0", *rec["models"][algo], *extra]
+           "--seed", "0", *recipe(dataset, algo, pick_device(device)), *extra]
     if data_root:
         cmd += ["--data-root", data_root]
     if device not in (None, "", "auto"):
@@ -227,7 +246,9 @@ def main(argv=None) -> int:
     b.add_argument("--dataset", default="digits", help="digits | cifar10")
     b.add_argument("--only", default=None, help="comma-separated subset, e.g. natural,lowcost")
     b.add_argument("--data-root", default=None, help="CIFAR-10 location (default $UAT_DATA)")
-    b.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU) | cpu | cuda | cuda:N")
+    b.add_argument("--device", default="auto",
+                   help="auto (CUDA if present, else CPU) | cpu | cuda | cuda:N; a CPU build of cifar10 uses the "
+                        "shorter CPU recipes (RECIPES[...]['cpu_models'])")
     r = sub.add_parser("report", help="attack every zoo model, build the transfer matrix, write docs/results.md")
     r.add_argument("--dataset", default="cifar10", help="digits | cifar10")
     r.add_argument("--data-root", default=None, help="CIFAR-10 location (default $UAT_DATA)")

@@ -43,7 +43,7 @@ RECIPES = {
             "natural": ["--algorithm", "natural", "--epochs", "8"],
             "uat": ["--algorithm", "uat", "--epochs", "8"],
             "lowcost": ["--algorithm", "lowcost", "--epochs", "8"],
-            "fgsm": ["--algorithm", "fgsm", "--epochs", "8"],
+            "fgsm": ["--algorithm", "fgsm", "--fgsm-random-start", "--epochs", "8"],
             "pgd": ["--algorithm", "pgd", "--pgd-steps", "5", "--epochs", "8"],
             "uadam": ["--algorithm", "uat", "--delta-rule", "adam", "--delta-lr", "4", "--epochs", "8"],
         },

@@ -156,14 +156,16 @@ def refresh(dataset: str, data_root: str | None = None) -> None:
     write_manifest(man)
 
 
-def _train(dataset: str, algo: str, data_root: str | None, extra: list[str], device: str | None = None) -> Path:
-    from .device import pick_device
+def _train(dataset: str, algo: str, data_root: str | None, extra: list[str], dev: torch.device,
+           device: str | None = None) -> Path:
+    """Run (or resume) the training command of ``algo`` with the recipe for ``dev``; ``device`` is the user's
+    --device, passed on only when it was given."""
     rec = RECIPES[dataset]
     name = zoo_name(dataset, algo)
     out = RUNS / name
     cmd = [sys.executable, "-m", "uat_core", "train", "--dataset", dataset, "--model", rec["model"],
            "--eps", str(rec["eps"]), "--out", str(out.relative_to(ROOT)), "--report-attack-size", str(rec["attack_size"]),
-           "--seed", "0", *recipe(dataset, algo, pick_device(device)), *extra]
+           "--seed", "0", *recipe(dataset, algo, dev), *extra]
     if data_root:
         cmd += ["--data-root", data_root]
     if device not in (None, "", "auto"):
@@ -203,7 +205,7 @@ def build(dataset: str, only: list[str] | None = None, data_root: str | None = N
         if name in man["models"] and (ZOO_DIR / man["models"][name]["file"]).is_file():
             print(f"{name}: already in the zoo", flush=True)
             continue
-        out = _train(dataset, algo, data_root, list(extra), device)
+        out = _train(dataset, algo, data_root, list(extra), dev, device)
         metrics = json.loads((out / "metrics.json").read_text())
         ZOO_DIR.mkdir(parents=True, exist_ok=True)
         dst = ZOO_DIR / f"{name}.pt"

@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from uat_core import export
+from uat_core.zoo import trained_on
 from webapp import settings as S
 from webapp import state, ui
 from webapp.boot import through_app
@@ -84,7 +85,7 @@ with c2:
         rows = [{"model": S.ALGO_LABEL.get(a, a), "clean top-1": 100 * e["clean_top1"],
                  "under its own δ": None if e.get("perturbed_top1") is None else 100 * e["perturbed_top1"],
                  "train s": e.get("train_seconds"),
-                 "trained on": "CPU" if e.get("device", "cpu") == "cpu" else e["device"].replace("NVIDIA ", "")} for a, e in zoo.items()]
+                 "trained on": trained_on(e.get("device")).replace("NVIDIA ", "")} for a, e in zoo.items()]
         st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
             "clean top-1": st.column_config.NumberColumn(format="%.1f%%"),
             "under its own δ": st.column_config.NumberColumn(format="%.1f%%",

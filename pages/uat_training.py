@@ -6,6 +6,7 @@ import streamlit as st
 
 from uat_core import plots
 from uat_core.training import default_config_for
+from uat_core.zoo import trained_on
 from webapp import live, state, ui
 from webapp import settings as S
 from webapp.boot import through_app
@@ -122,7 +123,7 @@ def zoo_view() -> dict | None:
         rows.append({"name": S.ALGO_SHORT.get(a, a), "algorithm": a, "clean_top1": e["clean_top1"],
                      "robust_top1": e.get("perturbed_top1", e.get("robust_top1")),
                      "train_seconds": e.get("train_seconds"), "forward": p.get("forward"),
-                     "device": "CPU" if e.get("device", "cpu") == "cpu" else e["device"],
+                     "device": trained_on(e.get("device")),
                      "backward": p.get("backward")})
         dz = state.zoo_delta(ds, a)
         if dz is not None:

@@ -84,6 +84,11 @@ def recipe(dataset: str, algo: str, device: torch.device) -> list[str]:
     return table[algo]
 
 
+def trained_on(device: str | None) -> str:
+    """Where a zoo model was trained, for people: "CPU" or the GPU's name (the manifest's ``device``)."""
+    return "CPU" if device in (None, "", "cpu") else device
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

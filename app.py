@@ -53,6 +53,7 @@ PAGES = {
     "uat": ("pages/uat_training.py", "Universal adversarial training", "uat_training", ":material/shield:"),
     "idf": ("pages/idf_vs_alg2.py", "iDeepFool vs Alg. 2", "idf_vs_alg2", ":material/timer:"),
     "size": ("pages/data_size.py", "How much data", "data_size", ":material/dataset:"),
+    "bank": ("pages/starting_points.py", "Why starting points matter", "starting_points", ":material/grid_on:"),
     "transfer": ("pages/transfer.py", "Transfer", "transfer", ":material/swap_horiz:"),
 }
 PAGE_PREFIXES = tuple(f"{slot}_" for slot in PAGES if slot != "home")
@@ -73,7 +74,7 @@ def _reset_page_settings() -> None:
 
 nav = st.navigation({
     "Overview": [_page("home")],
-    "Attacking: Alg. 2": [_page("lab"), _page("beta"), _page("race"), _page("idf"), _page("size")],
+    "Attacking: Alg. 2": [_page("lab"), _page("bank"), _page("beta"), _page("race"), _page("idf"), _page("size")],
     "Defending: Alg. 3 and 4": [_page("uat"), _page("transfer")],
 })
 

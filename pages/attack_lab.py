@@ -57,13 +57,17 @@ target = sb.selectbox("Target class", [None] + list(range(len(classes))),
                       format_func=lambda t: "none (untargeted)" if t is None else f"{t}: {classes[t]}",
                       **ui.w(PAGE, "target"))
 seed = sb.number_input("Seed", 0, 10_000, 0, **ui.w(PAGE, "seed"))
+strong = sb.toggle("Strong attack (multi-start search)", d["strong"], **ui.w(PAGE, "strong"),
+                   help="Screen a bank of fixed stripes and checkerboards and random starts, refine Alg. 2 from the "
+                        "best few and from δ = 0 (cosine-decayed steps, the leaders only), keep the best δ. About 2-3× "
+                        "the time of plain Alg. 2. Off: the paper's Alg. 2 from δ = 0 with the optimizer above.")
 
 s = {**d, "model": st.session_state.get(f"{PAGE}_model", "natural"), "norm": norm, "eps": eps,
      "beta": float(beta), "optimizer": opt, "step_size": None if step is None else float(step),
-     "epochs": int(epochs), "attack_size": int(size), "target": target, "seed": int(seed)}
+     "epochs": int(epochs), "attack_size": int(size), "target": target, "seed": int(seed), "strong": bool(strong)}
 key = S.key(PAGE, ds, picked.tag, s) if picked else None
 default_key = S.key(PAGE, ds, picked.tag, {**d, "model": s["model"]}) if picked else None
-steps_planned = s["epochs"] * math.ceil(min(s["attack_size"], len(train)) / 128)
+steps_planned = s["epochs"] * math.ceil(min(s["attack_size"], len(train)) / 128) * (2 if strong else 1)
 
 
 def make_job():
@@ -78,7 +82,8 @@ def make_job():
 if eps == 0:
     sb.warning("ε = 0 leaves the images unchanged: pick ε > 0 to attack.")
 live.controls(PAGE, make_job, disabled=picked is None or eps == 0,
-              help=f"{steps_planned} steps of Alg. 2 on {min(size, len(train))} images, then {len(test)} test images")
+              help=f"{steps_planned} steps of Alg. 2{' over several starts' if strong else ''} on "
+                   f"{min(size, len(train))} images, then {len(test)} test images")
 sb.caption(f"{steps_planned} steps · test accuracy on {len(test)} {ds} test images")
 
 with st.expander("How Alg. 2 works", expanded=False):
@@ -88,14 +93,30 @@ with st.expander("How Alg. 2 works", expanded=False):
                 "ε-ball. PGD uses the sign of the gradient: "
                 r"$\delta \leftarrow \Pi_\epsilon\big(\delta + \tau\,\mathrm{sign}(\nabla_\delta)\big)$. "
                 "A targeted attack instead minimises the loss of the target class on every image.")
+    st.markdown("**The strong attack.** The objective has many hills, and δ = 0 sits at the foot of a low one: "
+                "on CIFAR-10 ResNets a fixed stripe pattern at ±ε (no optimisation at all) fools more images than "
+                "Alg. 2 started at zero. The strong switch first scores a bank of such patterns and random starts "
+                "on a few attack images, then runs Alg. 2 from the best few and from zero, keeps only the leaders "
+                "after each round, and returns the δ with the highest loss on the attack set. The result always "
+                "shows the best fixed pattern beside it: an attack that does not beat it is not worth its time. "
+                "The *Why starting points matter* page explores the bank.")
 
 # ---- live run ------------------------------------------------------------------------------------------
 def draw(job):
     live.progress_line(job)
     c1, c2 = st.columns([3, 1])
     with c1:
-        ui.chart(plots.attack_curve(job.state["history"], title="Live: minibatch accuracy and loss"),
-                        key="lab_live_curve")
+        board = job.state.get("leaderboard")
+        if board:
+            ui.chart(plots.leaderboard_bars(board, job.state.get("current"),
+                                            title="Live: the starts (red = being refined, grey = dropped)"),
+                     key="lab_live_board")
+        hist = job.state["history"]
+        cur = job.state.get("current")
+        if cur:                                        # the curve of the start being refined
+            hist = [h for h in hist if h.get("start") == cur]
+        ui.chart(plots.attack_curve(hist, title="Live: minibatch accuracy and loss"
+                                                + (f" of start '{cur}'" if cur else "")), key="lab_live_curve")
     with c2:
         ui.delta_picture(job.state["delta"], job.state["eps"], f"δ after step {job.state.get('step', 0)}",
                          norm=job.state["norm"])
@@ -115,8 +136,15 @@ def shipped_result(ds: str, algo: str, sha: str, test_size: int) -> dict:
     t = state.test_set(ds, test_size)
     m = evaluate(p.model, t.images, t.labels, delta, t.num_classes, device=state.device())
     from webapp.jobs import preview
+    from uat_core.attacks.bank import bank_pattern
+    fixed = None
+    if p.entry.get("fixed_pattern"):
+        pat = bank_pattern(p.entry["fixed_pattern"], tuple(delta.shape), float(p.entry["eps"]) / 255)
+        fixed = {"name": p.entry["fixed_pattern"],
+                 "perturbed_top1": evaluate(p.model, t.images, t.labels, pat, t.num_classes)["perturbed_top1"]}
+    a = p.entry.get("perturbation_attack", {})
     return {"metrics": m, "delta": delta, "history": [], "snapshots": [(0, delta)], "seconds": None, "steps": None,
-            "stopped": False, "config": p.entry.get("perturbation_attack", {}),
+            "stopped": False, "config": a, "attack": a.get("attack", "alg2"), "fixed": fixed,
             "preview": preview(p.model, t, delta, device=state.device())}
 
 
@@ -127,7 +155,8 @@ shipped = picked.entry is not None and state.zoo_delta(ds, s["model"]) is not No
 if shown.kind == "none" and shipped:
     res = shipped_result(ds, s["model"], picked.entry["sha256"], d["test_size"])
     a = picked.entry.get("perturbation_attack", {})
-    st.info(f"Showing the perturbation shipped with this zoo model (Alg. 2, ε = {a.get('eps')}, β = {a.get('beta')}, "
+    how = (f"the strong attack, winning start `{a.get('start')}`" if a.get("attack") == "strong" else "Alg. 2")
+    st.info(f"Showing the perturbation shipped with this zoo model ({how}, ε = {a.get('eps')}, β = {a.get('beta')}, "
             f"{a.get('epochs')} epochs on {a.get('attack_size')} images). Press **Run** to build one live.",
             icon=":material/inventory_2:")
     shown_key = f"{PAGE}|{ds}|shipped:{picked.tag}|{{}}"
@@ -148,6 +177,17 @@ st.subheader("Result on the test images")
 left, right = st.columns([3, 2], gap="large")
 with left:
     ui.attack_metrics(m, res.get("seconds"), res.get("steps"))
+    fx = res.get("fixed")
+    if fx:
+        beats = m["perturbed_top1"] < fx["perturbed_top1"]
+        made = {"strong": "strong attack", "alg2": "Alg. 2 from δ = 0"}.get(res.get("attack", "alg2"), "attack")
+        st.metric("Best fixed pattern (baseline)", ui.pct(fx["perturbed_top1"]),
+                  f"{100 * (m['perturbed_top1'] - fx['perturbed_top1']):+.1f} pp by the {made}", delta_color="inverse",
+                  border=True, help=f"Test accuracy under the strongest fixed pattern of the bank (`{fx['name']}`, no "
+                                    "optimisation, chosen on the attack images). An attack should leave less.")
+        if not beats:
+            st.warning(f"This δ ({made}) does **not** beat the best fixed pattern `{fx['name']}`: a stripe at ±ε "
+                       "fools at least as many test images. Try the strong attack.", icon=":material/warning:")
     if "target_rate" in m:
         st.metric("Target rate", ui.pct(m["target_rate"]), border=True, help="Share of test images (outside the "
                   "target class) now classified as the target")

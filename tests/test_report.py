@@ -13,7 +13,8 @@ from uat_core.evaluation import evaluate
 @pytest.fixture(scope="module")
 def digits_report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
-    data = report.write_report("digits", None, 64, tmp / "results.md", attack_epochs=1, cache=tmp / "cache")
+    data = report.write_report("digits", None, 64, tmp / "results.md", attack_epochs=1, cache=tmp / "cache",
+                               pgd_size=50)
     return tmp, data
 
 
@@ -28,9 +29,12 @@ def test_report_rows_are_the_zoo_models_and_match_a_plain_evaluation(digits_repo
         plain = (model(test.images.float() / 255).argmax(1) == test.labels).float().mean().item()
     row = data["rows"][names.index("digits_smallcnn_natural")]
     assert row["clean_top1"] == pytest.approx(plain, abs=1e-6)
-    for r in data["rows"]:                           # 1.5ε only for the natural model
-        assert (r["robust_top1@48"] is None) == (r["algorithm"] != "natural")
-        assert 0 <= r["robust_top1@64"] <= 1
+    for r in data["rows"]:                           # every attack at ε, 1.5ε and 2ε, the baseline beside it
+        for e in (32, 48, 64):
+            for k in ("robust_top1", "alg2_top1", "fixed_top1", "pgd_top1"):
+                assert 0 <= r[f"{k}@{e}"] <= 1, (r["name"], k, e)
+            assert r[f"fixed_pattern@{e}"] and r[f"start@{e}"]
+            assert r[f"pgd_top1@{e}"] <= r["clean_top1"] + 1e-6      # per-instance PGD never helps the model
     t = data["transfer"]                             # the diagonal is each model's own attack at ε
     for i, r in enumerate(data["rows"]):
         assert t["matrix"][i][i] == pytest.approx(r["robust_top1@32"], abs=1e-6)
@@ -39,17 +43,19 @@ def test_report_rows_are_the_zoo_models_and_match_a_plain_evaluation(digits_repo
     assert json.loads((tmp / "results.json").read_text())["rows"] == json.loads(json.dumps(data["rows"]))
     for label in ("natural", "uFGSM (Alg. 3)", "low-cost (Alg. 4)"):
         assert f"| {label} |" in md
+    assert "best fixed pattern" in md and "per-instance PGD" in md
 
 
 def test_cached_perturbations_are_reused_not_recomputed(digits_report, monkeypatch):
     tmp, data = digits_report
     files = sorted((tmp / "cache").glob("*.pt"))
-    assert len(files) == 2 * len(data["rows"]) + 1     # ε and 2ε for every model, 1.5ε for the natural one
+    assert len(files) == 2 * 3 * len(data["rows"])     # Alg. 2 and the strong attack at three ε for every model
 
     def refuse(*a, **k):
         raise AssertionError("the cache should have been used")
     monkeypatch.setattr(report, "make_attack", refuse)
-    again = report.write_report("digits", None, 64, tmp / "again.md", attack_epochs=1, cache=tmp / "cache")
+    again = report.write_report("digits", None, 64, tmp / "again.md", attack_epochs=1, cache=tmp / "cache",
+                                pgd_size=50)
     assert again["rows"] == data["rows"] and again["transfer"] == data["transfer"]
     assert data["reused"] == 0 and again["reused"] == again["attacks"] == len(files)
     assert f"{len(files)} of its {len(files)} perturbations were reused" in (tmp / "again.md").read_text()
@@ -88,6 +94,13 @@ def test_targets_are_judged_from_the_figures():
     assert bad["uat: clean ≥ 82%"] is False and bad["uat: attacked within 5 points of clean at ε = 8"] is False
     assert bad["ordering under attack at ε = 8: natural < FGSM < low-cost ≤ uFGSM"] is False
     assert bad["natural, ε = 12: no more than the reference attack's 32% left"] is False
+    strong = "natural: the strong attack leaves at most 55% at ε = 8"
+    below = "natural: the strong attack at least 3 points below the best fixed pattern at ε = 8"
+    assert met[strong] is True and met[below] is None                 # no fixed-pattern figure: not judged
+    weak = _fake(nat=(0.90, 0.60, 0.30, 0.20))
+    weak["rows"][0]["fixed_top1@8"] = 0.62
+    w = {x["target"]: x for x in report.targets(weak)}
+    assert w[strong]["met"] is False and w[below]["met"] is False and w[below]["measured"] == "2.0 points"
     missing = _fake()
     missing["rows"] = [r for r in missing["rows"] if r["algorithm"] != "fgsm"]
     assert {x["target"]: x["met"] for x in report.targets(missing)}[

@@ -52,6 +52,16 @@ def test_model_and_perturbation_reproduce_recorded_accuracy(entry):
     assert abs(m["perturbed_top1"] - entry["slice_perturbed_top1"]) <= 0.01
 
 
+def test_shipped_perturbations_come_from_the_strong_attack_with_the_baseline_beside_them():
+    for e in ENTRIES:
+        a = e["perturbation_attack"]
+        assert a["attack"] == "strong" and a["start"], e["name"]
+        assert e["robust_attack"] == "strong" and e["robust_top1"] == e["perturbed_top1"]
+        assert e["fixed_pattern"] and 0 <= e["fixed_top1"] <= 1
+        # the strong δ must not lose to the best fixed pattern by more than noise on the test split
+        assert e["perturbed_top1"] <= e["fixed_top1"] + 0.02, e["name"]
+
+
 def test_tampered_model_is_refused(tmp_path, monkeypatch):
     entry = next(e for e in ENTRIES if e["dataset"] == "digits")
     data = (zoo.ZOO_DIR / entry["file"]).read_bytes()

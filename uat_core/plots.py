@@ -123,6 +123,40 @@ def robustness_bars(rows: list[dict], title: str = "Clean vs robust accuracy") -
     return fig
 
 
+def leaderboard_bars(rows: list[dict], current: str | None = None, key: str = "acc",
+                     title: str = "Strong attack: the starts, scored on the attack set") -> go.Figure:
+    """The strong attack's starts as horizontal bars of accuracy under δ (%; lower = a stronger start).
+
+    rows: the leaderboard (dicts with "start", "acc" or "probe_acc", "dropped_after_round"); ``current``: the
+    start being refined now (highlighted)."""
+    rows = [r for r in rows if r.get(key) is not None or r.get("probe_acc") is not None]
+    names = [r["start"] for r in rows]
+    vals = [_pct(r[key] if r.get(key) is not None else r.get("probe_acc")) for r in rows]
+    colour = ["#EF553B" if n == current else ("#C8C8C8" if r.get("dropped_after_round") is not None else "#636EFA")
+              for n, r in zip(names, rows)]
+    fig = go.Figure(go.Bar(x=vals, y=names, orientation="h", marker_color=colour,
+                           text=[f"{v:.1f}%" for v in vals], textposition="outside"))
+    fig.update_layout(title=title, xaxis_title="accuracy under the start's δ (%)", **{**LAYOUT, "height": 300})
+    fig.update_xaxes(range=[0, 105])
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def bank_figure(names: list[str], accs: list[float], clean: float | None = None, highlight: int | None = None,
+                title: str = "Accuracy under each fixed pattern of the bank") -> go.Figure:
+    """One bar per bank pattern (accuracy %, sorted as given), the clean accuracy as a line."""
+    colour = ["#EF553B" if i == highlight else "#636EFA" for i in range(len(names))]
+    fig = go.Figure(go.Bar(x=list(range(len(names))), y=[_pct(a) for a in accs], marker_color=colour,
+                           hovertext=names, hoverinfo="text+y"))
+    fig.update_layout(title=title, xaxis_title="pattern (sorted from strongest to weakest)",
+                      yaxis_title="test accuracy (%)", **LAYOUT)
+    fig.update_yaxes(range=[0, 105])
+    if clean is not None:
+        fig.add_hline(y=_pct(clean), line_dash="dot", line_color=PALETTE["natural"],
+                      annotation_text=f"clean {_pct(clean):.1f}%", annotation_position="top right")
+    return fig
+
+
 def transfer_heatmap(matrix, sources: list[str], targets: list[str],
                      title: str = "Transfer: accuracy of model (column) under δ made on model (row)") -> go.Figure:
     z = [[_pct(v) for v in row] for row in matrix]

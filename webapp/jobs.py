@@ -9,7 +9,9 @@ Timing is honest: ``compute_seconds`` counts only the time spent inside engine s
 the page spends drawing between slices.
 
 Generators (each takes the job first and returns a plain result dict of floats, lists and tensors):
-    attack_job    Alg. 2 or iDeepFool on one model, then test accuracy           (attack lab)
+    attack_job    Alg. 2, the strong attack or iDeepFool on one model, then test
+                  accuracy beside the best fixed pattern                         (attack lab)
+    bank_job      test accuracy under every fixed pattern of the bank            (starting points)
     sweep_job     repeated attacks over a swept setting: β or the attack-set size (Figs. 5 and 6)
     race_job      SGD, MSGD, ADAM and PGD advanced in turn on the same data       (Figs. 2-3)
     idf_job       iDeepFool then Alg. 2 on the same images                         (Table 2)
@@ -148,11 +150,18 @@ def top1_under(model, test: ImageData, delta: torch.Tensor | None, device=None) 
 
 def attack_job(job: Job, model, attack_set: ImageData, test: ImageData, cfg: dict, method: str = "alg2",
                device=None) -> Gen:
-    """One attack (cfg: AttackConfig or IDFConfig fields), then clean/perturbed metrics on ``test``."""
+    """One attack (cfg: AttackConfig, StrongConfig or IDFConfig fields), then clean/perturbed metrics on
+    ``test``, with the best fixed bank pattern (chosen on the attack set) beside it."""
+    from uat_core.attacks.bank import best_fixed_pattern
     run = make_attack(model, attack_set, method, device, **cfg)
-    job.state.update(phase="attacking", history=run.history, delta=run.delta, total=run.total, step=0)
+    job.state.update(phase="screening the pattern bank" if method == "strong" else "attacking",
+                     history=run.history, delta=run.delta, total=run.total, step=0, leaderboard=[], current=None)
 
     def on_step(ev):
+        if ev.kind in ("screen", "round"):
+            job.state["leaderboard"] = ev.metrics["leaderboard"]
+        if method == "strong" and ev.kind == "step":
+            job.state.update(current=run.current, phase=f"refining start '{run.current}' (round {ev.metrics['round'] + 1})")
         job.state.update(delta=run.delta, step=ev.step, progress=0.95 * ev.step / max(1, run.total))
 
     res, secs = yield from drive(job, run, on_step)
@@ -160,8 +169,19 @@ def attack_job(job: Job, model, attack_set: ImageData, test: ImageData, cfg: dic
     yield
     m = _timed(job, evaluate, model, test.images, test.labels, res.delta, test.num_classes, device=device,
                target=cfg.get("target"))
-    return {"metrics": m, "delta": res.delta, "history": list(res.history), "snapshots": list(res.snapshots),
-            "seconds": secs, "steps": res.steps, "stopped": res.stopped_early, "config": dict(res.config),
+    if res.best_fixed is not None:
+        fixed_name, fixed = res.config["best_fixed"]["name"], res.best_fixed
+    else:
+        job.state["phase"] = "screening the pattern bank (the baseline)"
+        yield
+        fixed_name, fixed, _ = _timed(job, best_fixed_pattern, model, attack_set.float_images(), attack_set.labels,
+                                      cfg["eps"] / 255.0, cfg.get("norm", "linf"), cfg.get("beta", 9.0),
+                                      cfg.get("target"), seed=cfg.get("seed", 0), device=device)
+    fixed_top1 = _timed(job, top1_under, model, test, fixed, device)
+    config = {k: v for k, v in res.config.items() if k != "winner_history"}
+    return {"metrics": m, "delta": res.delta, "history": list(res.config.get("winner_history", res.history)),
+            "snapshots": list(res.snapshots), "seconds": secs, "steps": res.steps, "stopped": res.stopped_early,
+            "config": config, "attack": method, "fixed": {"name": fixed_name, "perturbed_top1": fixed_top1},
             "preview": preview(model, test, res.delta, device=device)}
 
 
@@ -411,14 +431,41 @@ def transfer_job(job: Job, models: dict, deltas: dict, test: ImageData, device=N
     return {"matrix": matrix, "sources": src, "targets": dst, "clean": clean, "complete": True}
 
 
+# ---- the pattern bank ("Why starting points matter") ---------------------------------------------------
+
+def bank_job(job: Job, model, test: ImageData, s: dict, device=None) -> Gen:
+    """Test accuracy under every fixed pattern of the bank at ε (a block of patterns per step), then the
+    patterns sorted from strongest to weakest."""
+    from uat_core.attacks.bank import pattern_bank, score_bank
+    bank = pattern_bank(test.shape, s["eps"] / 255.0, random=s.get("random", 4), seed=s.get("seed", 0))
+    clean = _timed(job, top1_under, model, test, None, device)
+    accs: list[float] = []
+    job.state.update(phase="scoring the bank", clean=clean, names=bank.names, accs=accs)
+    block = max(1, 2048 // max(1, len(test)))
+    for i in range(0, len(bank), block):
+        if job.stopping:
+            break
+        sc = _timed(job, score_bank, model, bank.patterns[i:i + block], test.images, test.labels, s["beta"],
+                    chunk=256, device=device)
+        accs.extend(sc.acc.tolist())
+        job.state.update(progress=len(accs) / len(bank), phase=f"scored {len(accs)} of {len(bank)} patterns")
+        yield
+    order = sorted(range(len(accs)), key=lambda k: accs[k])
+    return {"names": [bank.names[k] for k in order], "accs": [accs[k] for k in order], "clean": clean,
+            "patterns": bank.patterns[order].clone(), "complete": len(accs) == len(bank), "n": len(test)}
+
+
 # ---- one entry point per page (the app and the precompute script build their jobs here) -------------------
 
 def lab_config(s: dict, n_images: int, batch_size: int = 128) -> dict:
-    """AttackConfig fields of the attack lab's settings, with about 30 δ snapshots for the scrubber."""
+    """AttackConfig (or, with s["strong"], StrongConfig) fields of the attack lab's settings, with about
+    30 δ snapshots for the scrubber."""
     total = s["epochs"] * math.ceil(min(s["attack_size"], n_images) / batch_size)
-    return {"eps": s["eps"], "beta": s["beta"], "optimizer": s["optimizer"], "step_size": s["step_size"],
-            "epochs": s["epochs"], "norm": s["norm"], "target": s["target"], "seed": s["seed"],
-            "batch_size": batch_size, "snapshot_every": max(1, total // 30)}
+    cfg = {"eps": s["eps"], "beta": s["beta"], "optimizer": s["optimizer"], "epochs": s["epochs"], "norm": s["norm"],
+           "target": s["target"], "seed": s["seed"], "batch_size": batch_size, "snapshot_every": max(1, total // 30)}
+    if s.get("strong"):
+        return {**cfg, "tau0": s["step_size"]}
+    return {**cfg, "step_size": s["step_size"]}
 
 
 def page_job(page: str, s: dict, train: ImageData, test: ImageData, model=None, device=None, arch: str = "",
@@ -426,7 +473,7 @@ def page_job(page: str, s: dict, train: ImageData, test: ImageData, model=None, 
     """The job that computes ``page``'s result for settings ``s``."""
     if page == "lab":
         return Job(page, attack_job, model, train.subset(s["attack_size"], seed=s["seed"]), test,
-                   lab_config(s, len(train)), "alg2", device, on_done=on_done)
+                   lab_config(s, len(train)), "strong" if s.get("strong") else "alg2", device, on_done=on_done)
     if page == "beta":
         return Job(page, sweep_job, model, train, test, beta_points(s), device, on_done=on_done)
     if page == "size":
@@ -440,4 +487,6 @@ def page_job(page: str, s: dict, train: ImageData, test: ImageData, model=None, 
         return Job(page, uat_job, arch, train, test, s, device, on_done=on_done)
     if page == "transfer":
         return Job(page, transfer_job, models, deltas, test, device, on_done=on_done)
+    if page == "bank":
+        return Job(page, bank_job, model, test, s, device, on_done=on_done)
     raise KeyError(page)

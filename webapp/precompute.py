@@ -23,7 +23,7 @@ import torch
 from . import settings as S
 
 HERE = Path(__file__).resolve().parent
-PAGES = ("lab", "beta", "race", "idf", "size", "transfer", "uat")
+PAGES = ("lab", "beta", "race", "idf", "size", "transfer", "uat", "bank")
 
 
 def precomputed_path(ds: str) -> Path:

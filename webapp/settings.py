@@ -45,12 +45,13 @@ def _per(ds: str, digits, cifar10):
 
 
 def defaults(page: str, ds: str) -> dict:
-    """The default settings of ``page`` ("lab", "beta", "race", "uat", "idf", "size", "transfer")."""
+    """The default settings of ``page`` ("lab", "beta", "race", "uat", "idf", "size", "transfer", "bank")."""
     d = DATASET[ds]
     base = {"model": "natural", "eps": d["eps"], "test_size": d["test_size"]}
     if page == "lab":
         return {**base, "norm": "linf", "beta": 9.0, "optimizer": "pgd", "step_size": None,
-                "epochs": _per(ds, 5, 5), "attack_size": _per(ds, 500, 2000), "target": None, "seed": 0}
+                "epochs": _per(ds, 5, 5), "attack_size": _per(ds, 500, 2000), "target": None, "seed": 0,
+                "strong": False}
     if page == "beta":
         return {**base, "betas": [1.0, 2.0, 3.0, 5.0, 9.0, 15.0, INF], "repeats": _per(ds, 3, 2),
                 "attack_size": _per(ds, 500, 1000), "epochs": _per(ds, 5, 4), "optimizer": "pgd"}
@@ -68,6 +69,8 @@ def defaults(page: str, ds: str) -> dict:
                 "repeats": 2, "steps": _per(ds, 20, 40)}
     if page == "transfer":
         return {"test_size": d["test_size"]}
+    if page == "bank":
+        return {**base, "test_size": _per(ds, 500, 200), "beta": 9.0, "random": 4, "seed": 0}
     raise KeyError(page)
 
 

@@ -44,6 +44,7 @@ class IDFConfig:
     overshoot: float = 0.02
     seed: int = 0
     snapshot_every: int = 1
+    batched: bool | None = None  # class gradients from one vectorised backward (True), a loop (False); None: on CUDA
 
     def validate(self) -> "IDFConfig":
         if not (0 < self.eps <= 255):
@@ -107,7 +108,7 @@ class IDeepFool(Run):
                     moved = 0
                     if todo.numel():
                         r, _, nb = _deepfool(model, apply(x[todo], v), cfg.norm, cfg.candidates,
-                                             cfg.max_iter, cfg.overshoot)
+                                             cfg.max_iter, cfg.overshoot, cfg.batched)
                         self.backwards += nb
                         check_finite(r, "a DeepFool step")
                         for ri in r:                                           # v ← P(v + Δv_i)

@@ -42,6 +42,7 @@ OPTIMIZERS = ("sgd", "msgd", "pgd", "adam")
 # docstring for what τ means for each). pgd/adam reach the boundary of the ball in ~10 steps; sgd/msgd
 # factors were chosen on this project's digits models (0-255 units per unit gradient of the mean loss).
 DEFAULT_STEP = {"pgd": 0.1, "adam": 0.1, "sgd": 250.0, "msgd": 25.0}
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -52,6 +53,7 @@ class AttackConfig:
     norm: str = "linf"            # linf | l2
     step_size: float | None = None  # τ in 0-255 units; None = DEFAULT_STEP[optimizer] · eps
     step_decay: float = 1.0       # τ multiplied by this after every epoch (1 = constant)
+    schedule: str = "constant"    # constant (τ, times step_decay per epoch) | cosine (τ → 0 over the run, per step)
     epochs: int = 10              # passes over the attack set
     batch_size: int = 128
     target: int | None = None     # class to push every image to (targeted); None = untargeted
@@ -68,6 +70,8 @@ class AttackConfig:
         check_norm(self.norm)
         if self.step_size is not None and not (self.step_size > 0 and math.isfinite(self.step_size)):
             raise UATError(f"step size must be a positive number, got {self.step_size}")
+        if self.schedule not in SCHEDULES:
+            raise UATError(f"unknown step schedule '{self.schedule}': choose {' or '.join(SCHEDULES)}")
         if not (0 < self.step_decay <= 1):
             raise UATError(f"step decay must be in (0, 1], got {self.step_decay}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -94,6 +98,7 @@ class AttackResult:
     steps: int = 0
     stopped_early: bool = False
     config: dict = field(default_factory=dict)
+    best_fixed: torch.Tensor | None = None  # strong attack: the best fixed bank pattern (the baseline), (C,H,W)
 
 
 class UniversalAttack(Run):
@@ -157,6 +162,11 @@ class UniversalAttack(Run):
                     if not torch.isfinite(logits).all():                   # say which: model or step
                         check_finite(logits, "the model's output (a broken checkpoint?)")
                     check_finite(g, "the gradient of the attack loss")
+                    if cfg.schedule == "cosine":           # τ_s = τ0 · ½(1 + cos(π s / S)), s = 0 … S−1
+                        tau = cfg.tau / 255.0 * 0.5 * (1 + math.cos(math.pi * step / self.total))
+                        if opt is not None:
+                            for grp in opt.param_groups:
+                                grp["lr"] = tau
                     with torch.no_grad():
                         if opt is None:
                             self._pgd_step(delta, g, tau)

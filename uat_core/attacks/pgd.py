@@ -1,0 +1,39 @@
+"""Per-instance PGD (Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018,
+https://arxiv.org/abs/1706.06083): a separate perturbation for every image, so it is an upper bound on what
+any universal (one-δ-for-all) attack can do at the same ε. Used by the report beside the universal attacks.
+
+    δ_i ← P_ε(δ_i + α · sign ∇_δ CE(f(x_i + δ_i), y_i)),   K steps from a uniform random start
+
+Norm: ℓ∞; ε and α in 0-255 units (α defaults to 2.5·ε/K). Example::
+
+    acc = pgd_accuracy(model, x_test, y_test, eps=8, steps=10)     # fraction still correct
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..models import frozen
+
+
+def pgd_accuracy(model, images: torch.Tensor, labels: torch.Tensor, eps: float = 8.0, steps: int = 10,
+                 alpha: float | None = None, batch_size: int = 250, seed: int = 0, device=None) -> float:
+    """Top-1 accuracy under per-instance ℓ∞ PGD-K. images: (N,C,H,W) uint8 or float in [0, 1]."""
+    device = device or next(model.parameters()).device
+    e, a = eps / 255.0, (alpha if alpha is not None else 2.5 * eps / steps) / 255.0
+    g = torch.Generator().manual_seed(seed)
+    correct = 0
+    with frozen(model) as net:
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size].to(device)
+            x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+            y = labels[i:i + batch_size].to(device)
+            d = ((torch.rand(x.shape, generator=g) * 2 - 1) * e).to(device)
+            for _ in range(steps):
+                d.requires_grad_(True)
+                loss = F.cross_entropy(net((x + d).clamp(0, 1)), y)
+                gr, = torch.autograd.grad(loss, d)
+                d = (d.detach() + a * gr.sign()).clamp(-e, e)
+            with torch.no_grad():
+                correct += int((net((x + d).clamp(0, 1)).argmax(1) == y).sum())
+    return correct / len(images)

@@ -99,13 +99,16 @@ def cells():
         md(r"""
         The δ that training carries along is *not* a fair measure of robustness: it was built against weights
         that kept changing. The honest test freezes the trained model and builds a **fresh** universal
-        perturbation against it from scratch (Alg. 2), then measures test accuracy.
+        perturbation against it from scratch, with the **strong attack** (Alg. 2 refined from the best of many
+        starting points, notebook 1 section 6), then measures test accuracy, next to the best *fixed* stripe or
+        checkerboard pattern at the same ε: an attack that does not beat that baseline measures nothing.
         """),
         code(r"""
         t0 = time.perf_counter()
         rep_trained = robustness_report(trained, train, test, eps=EPS, attack_size=ATTACK_SIZE, epochs=ATTACK_EPOCHS)
         print(f"our {TRAIN_EPOCHS}-epoch Alg. 3 model: clean {100 * rep_trained['clean_top1']:.1f} %, under a fresh "
-              f"universal attack {100 * rep_trained['robust_top1']:.1f} %  ({time.perf_counter() - t0:.0f} s)")
+              f"strong universal attack {100 * rep_trained['robust_top1']:.1f} %, under the best fixed pattern "
+              f"{100 * rep_trained['fixed_top1']:.1f} %  ({time.perf_counter() - t0:.0f} s)")
         """),
 
         md(r"""
@@ -122,7 +125,8 @@ def cells():
         | `fgsm` | per-instance FGSM examples | 2 + 2 |
         | `pgd` | per-instance PGD-K examples | (K+1) + (K+1) |
 
-        Each is attacked with a fresh Alg. 2 perturbation (same settings for all). We also measure a
+        Each is attacked with a fresh strong universal perturbation (same settings for all), next to the best
+        fixed pattern of the bank. We also measure a
         **per-instance** FGSM attack, to see what each defence does *not* cover. "Recorded" is the number the
         zoo measured when it built the model (its own attack settings, in the manifest).
         """),
@@ -150,13 +154,15 @@ def cells():
             net, meta = zoo.load_zoo_model(name)
             models[algo] = net
             rep = robustness_report(net, train, test, eps=EPS, attack_size=ATTACK_SIZE, epochs=ATTACK_EPOCHS)
-            zoo_rows.append({"name": algo, "clean_top1": rep["clean_top1"], "robust_top1": rep["robust_top1"]})
+            zoo_rows.append({"name": algo, "clean_top1": rep["clean_top1"], "robust_top1": rep["robust_top1"],
+                             "fixed_top1": rep["fixed_top1"]})
             plots.refresh(bars, plots.robustness_bars(zoo_rows, title="Zoo models: clean vs a fresh universal attack"))
             entry, tr = MANIFEST[name], meta["training"]
             steps = entry["epochs"] * (entry["train_size"] // tr["batch_size"])
             passes = entry.get("passes") or {}
             table.append({"model": name, "clean (%)": round(100 * rep["clean_top1"], 1),
                           "universal attack, now (%)": round(100 * rep["robust_top1"], 1),
+                          "best fixed pattern (%)": round(100 * rep["fixed_top1"], 1),
                           "recorded (%)": round(100 * (entry.get("robust_top1") or float("nan")), 1),
                           "per-instance FGSM (%)": round(100 * fgsm_accuracy(net, test, EPS), 1),
                           "passes per step (F+B)": f"{passes.get('forward', 0) / steps:.0f}+{passes.get('backward', 0) / steps:.0f}",
@@ -169,9 +175,13 @@ def cells():
         What to read in the table:
 
         * **natural** loses the most under a universal perturbation (on digits nearly everything; the shipped
-          CIFAR-10 ResNet-20, trained for 40 epochs, about a fifth at ε = 8 and far more at 1.5ε and 2ε); the
-          universally trained models (**uat**, **uadam**, **lowcost**) keep nearly all of their accuracy at
-          the ε they were trained for, at a small cost in clean accuracy.
+          CIFAR-10 ResNet-20, trained for 40 epochs, about a third at ε = 8 under the strong attack and far
+          more at 1.5ε and 2ε). The universally trained models (**uat**, **uadam**, **lowcost**) keep much more,
+          but on CIFAR-10 they lose far more than the paper's 1.7 points once they are attacked properly:
+          Alg. 3 and 4 carry **one** δ through training, it settles into one basin of the objective, and the
+          network learns to ignore *that* δ rather than universal perturbations in general. Compare the
+          "best fixed pattern" column: a stripe that no optimiser produced already takes a good share.
+          `docs/results.md` has every model under every attack.
         * The **per-instance FGSM** column shows the other side: universal training does not make a model
           robust to attacks tailored to each image; it defends against the cheap, image-agnostic threat.
         * The per-instance defences (**fgsm**, **pgd**) cost more per step. Check in your table whether they
@@ -181,8 +191,9 @@ def cells():
           become robust: its training went wrong and it learned to recognise FGSM's own perturbation pattern
           (known as label leaking, or catastrophic overfitting). Never judge a defence by the attack it was
           trained with alone.
-        * "now" and "recorded" differ when the attack settings differ (attack-set size, epochs) and because
-          every attack is a random process: treat a few points of difference as noise.
+        * "now" and "recorded" differ when the attack settings differ (attack-set size, epochs; "recorded" is the
+          strong attack on the zoo's attack set, evaluated on the whole test split) and because every attack is
+          a random process: treat a few points of difference as noise.
         """),
         code(r"""
         deltas = {algo: zoo.load_zoo_perturbation(ZOO[algo]) for algo in ORDER}   # the δ shipped with each model

@@ -57,10 +57,15 @@ with right:
         c1.image(dpng, caption=f"δ of the natural model, ε = {e['eps']}/255 (grey = 0)", width="stretch")
         c2.image(gpng, caption="Rows 1 and 3: test images and the natural model's predictions. Rows 2 and 4: "
                                "the same images + δ (red = wrong, with the model's confidence).", width="stretch")
-        uat = (f" A model trained with UAT keeps **{ui.pct(zoo['uat'].get('perturbed_top1'))}** under a δ built "
-               "against it in the same way." if "uat" in zoo else "")
+        uat = (f" A model trained with UAT (Alg. 3) keeps **{ui.pct(zoo['uat'].get('perturbed_top1'))}** under a δ "
+               "built against it in the same way." if "uat" in zoo else "")
+        how = ("the strong attack (Alg. 2 refined from the best of many starts)"
+               if e.get("perturbation_attack", {}).get("attack") == "strong" else "Alg. 2")
+        fixed = (f" For comparison, the strongest *fixed* stripe or checkerboard pattern at the same ε (no "
+                 f"optimisation at all) leaves {ui.pct(e['fixed_top1'])}." if e.get("fixed_top1") is not None else "")
         st.markdown(f"The natural model is right on **{ui.pct(e['clean_top1'])}** of the {S.DS_LABEL[ds]} test images "
-                    f"and on only **{ui.pct(e.get('perturbed_top1'))}** once this δ is added to all of them.{uat}")
+                    f"and on only **{ui.pct(e.get('perturbed_top1'))}** once this δ, made by {how}, is added to all "
+                    f"of them.{fixed}{uat}")
 
 st.divider()
 c1, c2 = st.columns(2, gap="large")
@@ -84,12 +89,17 @@ with c2:
     if zoo:
         rows = [{"model": S.ALGO_LABEL.get(a, a), "clean top-1": 100 * e["clean_top1"],
                  "under its own δ": None if e.get("perturbed_top1") is None else 100 * e["perturbed_top1"],
+                 "best fixed pattern": None if e.get("fixed_top1") is None else 100 * e["fixed_top1"],
                  "train s": e.get("train_seconds"),
                  "trained on": trained_on(e.get("device")).replace("NVIDIA ", "")} for a, e in zoo.items()]
         st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
             "clean top-1": st.column_config.NumberColumn(format="%.1f%%"),
             "under its own δ": st.column_config.NumberColumn(format="%.1f%%",
-                                                             help="Alg. 2 against that model, ε as trained"),
+                                                             help="The strong universal attack against that model, "
+                                                                  "ε as trained, whole test split"),
+            "best fixed pattern": st.column_config.NumberColumn(format="%.1f%%",
+                                                                help="The baseline: the strongest fixed stripe/"
+                                                                     "checkerboard pattern at the same ε"),
             "train s": st.column_config.NumberColumn("train (s)", format="%.0f",
                                                      help="Wall-clock training time on the machine in the next column"),
             "trained on": st.column_config.TextColumn("on", help="Where it was trained (CPU or the GPU's name)")})
@@ -102,7 +112,10 @@ with c2:
 st.divider()
 st.subheader("The pages")
 links = [
-    ("pages/attack_lab.py", "Universal attack lab", "build δ live with every knob: ε, β, optimizer, norm, target"),
+    ("pages/attack_lab.py", "Universal attack lab", "build δ live with every knob: ε, β, optimizer, norm, target, "
+                                                    "and the strong attack"),
+    ("pages/starting_points.py", "Why starting points matter", "fixed stripes and checkerboards, and why δ = 0 is a "
+                                                               "bad start"),
     ("pages/beta_clipping.py", "β clipping", "why clipping the loss makes a stronger attack (Fig. 5)"),
     ("pages/optimizer_race.py", "Optimizer race", "SGD, MSGD, ADAM and PGD on the same data (Figs. 2-3)"),
     ("pages/idf_vs_alg2.py", "iDeepFool vs Alg. 2", "the older attack against the new one (Table 2)"),

@@ -20,7 +20,7 @@ test = state.test_set(ds, d["test_size"])
 train = state.train_set(ds)
 
 ui.header("Transfer",
-          "Each zoo model ships with the universal perturbation Alg. 2 built against it. Here every such δ "
+          "Each zoo model ships with the universal perturbation the strong attack built against it. Here every such δ "
           "(rows) is added to the test images of every model (columns). The diagonal is each model under its "
           "own δ; off the diagonal, how well a δ made on one network fools another.", "Universality across models")
 

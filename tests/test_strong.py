@@ -7,7 +7,6 @@ that is in neither the bank nor the random draws.
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
@@ -190,7 +189,8 @@ def test_strong_config_rejects_bad_values_in_one_line(kw, words):
 
 def test_cosine_schedule_decays_the_step_to_zero(digits_model, digits_train):
     x, y = digits_train.float_images()[:256], digits_train.labels[:256]
-    res = UniversalAttack(digits_model, x, y, AttackConfig(eps=EPS, epochs=2, batch_size=32, schedule="cosine", snapshot_every=0)).run()
+    cfg = AttackConfig(eps=EPS, epochs=2, batch_size=32, schedule="cosine", snapshot_every=0)
+    res = UniversalAttack(digits_model, x, y, cfg).run()
     taus = [h["tau"] for h in res.history]
     assert taus[0] == pytest.approx(0.1 * EPS) and all(a >= b for a, b in zip(taus, taus[1:]))
     assert taus[-1] < 0.05 * taus[0]

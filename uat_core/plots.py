@@ -110,14 +110,20 @@ def sweep_figure(xs, means, stds=None, x_title: str = "β", title: str = "", log
 
 
 def robustness_bars(rows: list[dict], title: str = "Clean vs robust accuracy") -> go.Figure:
-    """rows: [{"name", "clean_top1", "robust_top1"}] as grouped bars (%)."""
+    """rows: [{"name", "clean_top1", "robust_top1", optional "fixed_top1"}] as grouped bars (%); the best fixed
+    pattern (the baseline) is drawn as a hatched bar where the rows have it."""
     names = [r["name"] for r in rows]
-    fig = go.Figure([
+    bars = [
         go.Bar(name="clean", x=names, y=[_pct(r["clean_top1"]) for r in rows], marker_color="#636EFA",
                text=[f"{_pct(r['clean_top1']):.1f}" for r in rows], textposition="outside"),
         go.Bar(name="under universal attack", x=names, y=[_pct(r["robust_top1"]) for r in rows],
                marker_color="#EF553B", text=[f"{_pct(r['robust_top1']):.1f}" for r in rows], textposition="outside"),
-    ])
+    ]
+    if any(r.get("fixed_top1") is not None for r in rows):
+        bars.append(go.Bar(name="best fixed pattern (baseline)", x=names, y=[_pct(r.get("fixed_top1")) for r in rows],
+                           marker=dict(color="#FFA15A", pattern_shape="/"), textposition="outside",
+                           text=["" if r.get("fixed_top1") is None else f"{_pct(r['fixed_top1']):.1f}" for r in rows]))
+    fig = go.Figure(bars)
     fig.update_layout(title=title, barmode="group", yaxis_title="test accuracy (%)", **LAYOUT)
     fig.update_yaxes(range=[0, 105])
     return fig

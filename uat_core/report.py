@@ -247,7 +247,9 @@ def render(d: dict) -> str:
               "per-instance PGD |", "|---|---:|---:|---:|---:|---|---:|"]
         for r in d["rows"]:
             fx, a2, st = r.get(f"fixed_top1@{e}"), r.get(f"alg2_top1@{e}"), r.get(f"robust_top1@{e}")
-            flag = lambda v: "" if v is None or fx is None or v < fx else " ✗"
+
+            def flag(v, fx=fx):
+                return "" if v is None or fx is None or v < fx else " ✗"
             L.append(f"| {LABELS.get(r['algorithm'], r['algorithm'])} | {_p(r['clean_top1'])} | {_p(a2)}{flag(a2)} | "
                      f"{_p(fx)} (`{r.get(f'fixed_pattern@{e}', '—')}`) | **{_p(st)}**{flag(st)} | "
                      f"`{r.get(f'start@{e}', '—')}` | {_p(r.get(f'pgd_top1@{e}'))} |")

@@ -292,7 +292,8 @@ def main(argv=None) -> int:
     r.add_argument("--dataset", default="cifar10", help="digits | cifar10")
     r.add_argument("--data-root", default=None, help="CIFAR-10 location (default $UAT_DATA)")
     r.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU) | cpu | cuda | cuda:N")
-    r.add_argument("--attack-size", type=int, default=None, help="training images per attack (default 2000; digits all)")
+    r.add_argument("--attack-size", type=int, default=None,
+                   help="training images per attack (default 2000; digits all)")
     r.add_argument("--attack-epochs", type=int, default=10,
                    help="passes of Alg. 2 over the attack images, for plain Alg. 2 and for the strong attack's winner "
                         "(default 10)")

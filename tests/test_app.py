@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from uat_core.attacks import AttackConfig, IDeepFool, IDFConfig, UniversalAttack
+from uat_core.attacks import (AttackConfig, IDeepFool, IDFConfig, StrongConfig, StrongUniversalAttack,
+                              UniversalAttack, pattern_bank, score_bank)
 from uat_core.data import load_dataset
 from uat_core.evaluation import evaluate, predict
 from uat_core.zoo import ZOO_DIR, list_models, load_zoo_model, load_zoo_perturbation
@@ -76,6 +77,14 @@ def ref_attack(eng, size: int, model=None, **cfg) -> tuple[torch.Tensor, dict]:
     return res.delta, evaluate(model, eng["test"].images, eng["test"].labels, res.delta, 10, target=cfg.get("target"))
 
 
+def ref_strong(eng, size: int, model=None, **cfg):
+    """The strong attack run directly: (result, metrics on the test split)."""
+    model = model or eng["model"]
+    sub = eng["train"].subset(size, seed=cfg.get("seed", 0))
+    res = StrongUniversalAttack(model, sub.float_images(), sub.labels, StrongConfig(**cfg)).run()
+    return res, evaluate(model, eng["test"].images, eng["test"].labels, res.delta, 10)
+
+
 def top1(model, test, delta) -> float:
     top, _ = predict(model, test.images, delta, topk=1)
     return (top[:, 0] == test.labels).float().mean().item()
@@ -103,12 +112,12 @@ def test_home_says_which_data_and_models_are_in_use():
     nat = table[table["model"] == "natural"].iloc[0]
     assert nat["clean top-1"] == pytest.approx(100 * zoo["natural"]["clean_top1"])
     assert nat["under its own δ"] == pytest.approx(100 * zoo["natural"]["perturbed_top1"])
-    assert len(at.get("page_link")) == 7
+    assert len(at.get("page_link")) == 8
     assert at.selectbox(key="dataset").options == ["Digits (offline, 1×32×32)"]
 
 
 @pytest.mark.parametrize("page", ["attack_lab", "beta_clipping", "optimizer_race", "uat_training", "idf_vs_alg2",
-                                  "data_size", "transfer"])
+                                  "data_size", "transfer", "starting_points"])
 def test_default_view_shows_a_result_before_any_click(page):
     at = open_page(page)
     no_errors(at)
@@ -157,6 +166,49 @@ def test_attack_lab_run_matches_the_engine_and_caches_by_settings(eng):
     assert not any("Showing" in i.value for i in at.info)
     assert at.session_state["_jobs"]["lab"] is job
     assert metric(at, "Perturbed top-1") == pytest.approx(round(100 * m["perturbed_top1"], 1))
+
+
+@pytest.mark.slow
+def test_attack_lab_strong_switch_matches_the_engine_and_shows_the_baseline(eng):
+    at = open_page("attack_lab")
+    at.select_slider(key="lab_size").set_value(100)
+    at.slider(key="lab_epochs").set_value(2)
+    at.toggle(key="lab_strong").set_value(True).run()
+    at.button(key="lab_run").click().run()
+    no_errors(at)
+    got = latest(at, "lab")["result"]
+    res, m = ref_strong(eng, 100, eps=32, beta=9.0, optimizer="pgd", epochs=2, seed=0, batch_size=128,
+                        snapshot_every=1)
+    assert torch.allclose(got["delta"], res.delta, atol=1e-6)
+    assert got["attack"] == "strong" and got["config"]["start"] == res.config["start"]
+    assert metric(at, "Perturbed top-1") == pytest.approx(round(100 * m["perturbed_top1"], 1))
+    fixed = top1(eng["model"], eng["test"], res.best_fixed)
+    assert metric(at, "Best fixed pattern (baseline)") == pytest.approx(round(100 * fixed, 1))
+    assert got["fixed"]["name"] == res.config["best_fixed"]["name"]
+    # plain Alg. 2 shows the baseline too (screened separately on the same attack images)
+    at.toggle(key="lab_strong").set_value(False).run()
+    at.button(key="lab_run").click().run()
+    no_errors(at)
+    assert latest(at, "lab")["result"]["attack"] == "alg2"
+    assert any(mm.label == "Best fixed pattern (baseline)" for mm in at.metric)
+
+
+def test_starting_points_page_scores_the_bank_like_the_engine(eng):
+    at = open_page("starting_points")
+    at.slider(key="bank_eps").set_value(24).run()
+    at.button(key="bank_run").click().run()
+    no_errors(at)
+    got = latest(at, "bank")["result"]
+    bank = pattern_bank((1, 32, 32), 24 / 255, random=4)
+    sc = score_bank(eng["model"], bank.patterns, eng["test"].images, eng["test"].labels, 9.0)
+    assert got["complete"] and len(got["names"]) == len(bank)
+    assert got["accs"] == sorted(got["accs"])                           # strongest first
+    ref = dict(zip(bank.names, sc.acc.tolist()))
+    for name, acc in zip(got["names"][:10], got["accs"][:10]):
+        assert acc == pytest.approx(ref[name], abs=1e-6)
+    assert metric(at, "Test accuracy under it") == pytest.approx(round(100 * got["accs"][0], 1))
+    at.slider(key="bank_rank").set_value(5).run()
+    assert metric(at, "Test accuracy under it") == pytest.approx(round(100 * got["accs"][4], 1))
 
 
 @pytest.mark.slow
@@ -377,9 +429,10 @@ def test_training_page_trains_attacks_and_shares_models_with_the_session(eng):
         cfg = default_config_for("digits", "smallcnn", algorithm=algo, epochs=1, eps=32, delta_rule="fgsm", seed=0,
                                  snapshot_every=5, track_every=5)
         res = make_trainer("smallcnn", data, cfg).run()
-        _, m = ref_attack(eng, 100, model=res.model, eps=32, beta=9.0, optimizer="pgd", epochs=1, seed=0)
+        strong, m = ref_strong(eng, 100, model=res.model, eps=32, beta=9.0, epochs=1, seed=0, snapshot_every=0)
         assert rows[algo]["clean_top1"] == pytest.approx(m["clean_top1"], abs=1e-6), algo
         assert rows[algo]["robust_top1"] == pytest.approx(m["perturbed_top1"], abs=1e-6), algo
+        assert rows[algo]["fixed_top1"] == pytest.approx(top1(res.model, eng["test"], strong.best_fixed), abs=1e-6)
         assert metric(at, "natural" if algo == "natural" else "low-cost") == pytest.approx(
             round(100 * m["perturbed_top1"], 1))
     # Low-cost UAT costs what natural training costs: one forward and one backward per step.

@@ -3,7 +3,8 @@
 Modules, one idea each:
     losses        clipped cross-entropy (eq. 3) and the targeted objective
     constraints   ℓ∞ / ℓ2 balls: project(), apply() (x+δ clamped to [0,1])
-    attacks       Alg. 2 (UniversalAttack) and Alg. 1 (IDeepFool), batched DeepFool
+    attacks       Alg. 2 (UniversalAttack), the strong multi-start attack (StrongUniversalAttack), the bank
+                  of fixed patterns (the baseline), per-instance PGD, Alg. 1 (IDeepFool), batched DeepFool
     training      natural, Alg. 3 (uat), Alg. 4 (lowcost), FGSM and PGD training
     evaluation    top-1/top-5, fooling ratio, per-class accuracy
     data          CIFAR-10, scikit-learn digits, any image folder, as uint8 tensors in memory
@@ -13,12 +14,15 @@ Modules, one idea each:
     plots         plotly figures shared by the app and the notebooks
     events        the progress-event stream every long run speaks
     zoo           the shipped models and their perturbations
+    report        docs/results.md: every zoo model under every attack
 """
-from .attacks import AttackConfig, IDeepFool, IDFConfig, UniversalAttack, ideepfool, universal_attack
+from .attacks import (AttackConfig, IDeepFool, IDFConfig, StrongConfig, StrongUniversalAttack, UniversalAttack,
+                      ideepfool, strong_attack, universal_attack)
 from .constraints import apply, project
 from .errors import UATError
 from .losses import clipped_cross_entropy
 
 __version__ = "0.1.0"
-__all__ = ["AttackConfig", "UniversalAttack", "universal_attack", "IDFConfig", "IDeepFool", "ideepfool",
+__all__ = ["AttackConfig", "UniversalAttack", "universal_attack", "StrongConfig", "StrongUniversalAttack",
+           "strong_attack", "IDFConfig", "IDeepFool", "ideepfool",
            "apply", "project", "clipped_cross_entropy", "UATError"]

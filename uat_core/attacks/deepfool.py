@@ -11,8 +11,8 @@ Batched: one forward for the whole batch and, for all candidate classes at once,
 (``torch.autograd.grad(..., is_grads_batched=True)``: the gradient of Σ_b f_k(x_b) w.r.t. the batch gives
 every image's ∇f_k, as images do not interact in eval mode), with the weights frozen. ``batched=False``
 takes one backward per candidate class instead (the reference the tests compare against); the default,
-``batched=None``, vectorises on CUDA only: on a CPU the vectorised backward measures about 1.7× slower than
-the loop (``bench/bench_strong.py`` prints both). Images stop as soon as their label flips.
+``batched=None``, vectorises on CUDA only: on a CPU an ad-hoc check found the vectorised backward slower than
+the loop (``bench/bench_strong.py`` prints the ratio). Images stop as soon as their label flips.
 
 Example::
 

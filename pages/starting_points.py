@@ -40,7 +40,7 @@ def make_job():
     return page_job(PAGE, s, state.train_set(ds), test, model=picked.model, device=state.device(), on_done=done)
 
 
-live.controls(PAGE, make_job, label="Score the bank", disabled=picked is None,
+live.controls(PAGE, make_job, label="Score", disabled=picked is None,
               help=f"every pattern on {len(test)} test images")
 sb.caption(f"Accuracy on {len(test)} {S.DS_LABEL[ds]} test images (a fixed stratified subset)")
 
@@ -62,9 +62,9 @@ if picked is None:
     st.stop()
 shown = state.find(PAGE, ds, key, default_key)
 if shown.kind == "none":
-    st.info("No scores for these settings yet: press **Score the bank**.")
+    st.info("No scores for these settings yet: press **Score**.")
     st.stop()
-ui.shown_note(shown, "Score the bank")
+ui.shown_note(shown, "Score")
 res = shown.result
 if not res.get("complete", True):
     st.warning("Stopped early: only part of the bank was scored.")

@@ -244,12 +244,9 @@ def cmd_attack(args) -> int:
                  target=args.target)
     eps = args.eps / 255.0
     # the baseline every figure stands beside: the best fixed bank pattern at the same ε (chosen on the attack set)
-    if res.best_fixed is not None:
-        fixed_name, fixed = res.config["best_fixed"]["name"], res.best_fixed
-    else:
-        from .attacks.bank import best_fixed_pattern
-        fixed_name, fixed, _ = best_fixed_pattern(model, train.float_images(), train.labels, eps, args.norm,
-                                                  args.beta, args.target, seed=args.seed, device=device)
+    from .attacks.bank import baseline_of
+    fixed_name, fixed = baseline_of(res, model, train.float_images(), train.labels, eps, args.norm, args.beta,
+                                    args.target, args.seed, device)
     mf = evaluate(model, test.images, test.labels, fixed, test.num_classes, device=device, target=args.target)
     files = save_perturbation(out, res.delta, eps, res.snapshots)
     atomic_bytes(out / "grid.png", png_bytes(_grid(model, test, res.delta, device)))

@@ -44,7 +44,7 @@ def robustness_report(model, train: ImageData, test: ImageData, eps: float = 8.0
 
     ``attack``: "strong" (the default: the multi-start search, attacks/strong.py) or "alg2" (the paper's
     protocol, Alg. 2 from δ = 0; its baseline pattern is then screened separately)."""
-    from .attacks.bank import best_fixed_pattern
+    from .attacks.bank import baseline_of
     t0 = time.perf_counter()
     sub = train.subset(attack_size, seed)
     if attack == "strong":
@@ -54,11 +54,8 @@ def robustness_report(model, train: ImageData, test: ImageData, eps: float = 8.0
         run = make_attack(model, sub, "alg2", device, eps=eps, beta=beta, optimizer="pgd", epochs=epochs,
                           seed=seed, snapshot_every=0)
     res = run.run(progress=progress, desc=f"robustness attack ({attack})")
-    if res.best_fixed is not None:
-        fixed_name, fixed = res.config["best_fixed"]["name"], res.best_fixed
-    else:
-        fixed_name, fixed, _ = best_fixed_pattern(model, sub.float_images(), sub.labels, eps / 255.0, beta=beta,
-                                                  seed=seed, device=device)
+    fixed_name, fixed = baseline_of(res, model, sub.float_images(), sub.labels, eps / 255.0, beta=beta, seed=seed,
+                                    device=device)
     m = evaluate(model, test.images, test.labels, res.delta, test.num_classes, device=device)
     mf = evaluate(model, test.images, test.labels, fixed, test.num_classes, device=device)
     return {"clean_top1": m["clean_top1"], "robust_top1": m["perturbed_top1"], "clean_top5": m["clean_top5"],

@@ -152,7 +152,7 @@ def attack_job(job: Job, model, attack_set: ImageData, test: ImageData, cfg: dic
                device=None) -> Gen:
     """One attack (cfg: AttackConfig, StrongConfig or IDFConfig fields), then clean/perturbed metrics on
     ``test``, with the best fixed bank pattern (chosen on the attack set) beside it."""
-    from uat_core.attacks.bank import best_fixed_pattern
+    from uat_core.attacks.bank import baseline_of
     run = make_attack(model, attack_set, method, device, **cfg)
     job.state.update(phase="screening the pattern bank" if method == "strong" else "attacking",
                      history=run.history, delta=run.delta, total=run.total, step=0, leaderboard=[], current=None)
@@ -170,14 +170,12 @@ def attack_job(job: Job, model, attack_set: ImageData, test: ImageData, cfg: dic
     yield
     m = _timed(job, evaluate, model, test.images, test.labels, res.delta, test.num_classes, device=device,
                target=cfg.get("target"))
-    if res.best_fixed is not None:
-        fixed_name, fixed = res.config["best_fixed"]["name"], res.best_fixed
-    else:
+    if res.best_fixed is None:
         job.state["phase"] = "screening the pattern bank (the baseline)"
         yield
-        fixed_name, fixed, _ = _timed(job, best_fixed_pattern, model, attack_set.float_images(), attack_set.labels,
-                                      cfg["eps"] / 255.0, cfg.get("norm", "linf"), cfg.get("beta", 9.0),
-                                      cfg.get("target"), seed=cfg.get("seed", 0), device=device)
+    fixed_name, fixed = _timed(job, baseline_of, res, model, attack_set.float_images(), attack_set.labels,
+                               cfg["eps"] / 255.0, cfg.get("norm", "linf"), cfg.get("beta", 9.0), cfg.get("target"),
+                               cfg.get("seed", 0), device)
     fixed_top1 = _timed(job, top1_under, model, test, fixed, device)
     config = {k: v for k, v in res.config.items() if k != "winner_history"}
     return {"metrics": m, "delta": res.delta, "history": list(res.config.get("winner_history", res.history)),

@@ -222,3 +222,13 @@ def bank_pattern(name: str, shape, eps: float, norm: str = "linf") -> torch.Tens
     if name not in bank.names:
         raise UATError(f"no pattern '{name}' in the bank for shape {tuple(shape)}")
     return bank.patterns[bank.names.index(name)]
+
+
+def baseline_of(result, model, images: torch.Tensor, labels: torch.Tensor, eps: float, norm: str = "linf",
+                beta: float = 9.0, target: int | None = None, seed: int = 0, device=None) -> tuple[str, torch.Tensor]:
+    """(name, δ) of the best fixed pattern for an attack ``result``: the one the strong attack already found,
+    else :func:`best_fixed_pattern` screened on the same attack images (eps in pixel units)."""
+    if result.best_fixed is not None:
+        return result.config["best_fixed"]["name"], result.best_fixed
+    name, delta, _ = best_fixed_pattern(model, images, labels, eps, norm, beta, target, seed=seed, device=device)
+    return name, delta

@@ -13,12 +13,10 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import streamlit as st     # streamlit puts this file's folder on sys.path; `pip install -e .` installs the rest
+import torch
 
-import streamlit as st  # noqa: E402
-import torch  # noqa: E402
+ROOT = Path(__file__).resolve().parent
 
 
 def _configure() -> None:

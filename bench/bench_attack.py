@@ -230,7 +230,8 @@ def fmt_table(rows: list[tuple[str, ...]], header: tuple[str, ...], markdown: bo
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--data-root", default=None, help="CIFAR-10 copy (default: $UAT_DATA, else ../shared/data/cifar10-jpeg)")
+    ap.add_argument("--data-root", default=None,
+                    help="CIFAR-10 copy (default: $UAT_DATA, else ../shared/data/cifar10-jpeg)")
     ap.add_argument("--images", type=int, default=2000, help="CIFAR-10 training images the attacks run on")
     ap.add_argument("--epochs", type=int, default=10, help="Alg. 2 epochs (passes over the images)")
     ap.add_argument("--batch-size", type=int, default=128, help="attack minibatch size")

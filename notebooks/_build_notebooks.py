@@ -58,8 +58,7 @@ import sys
 import time
 from pathlib import Path
 
-if (Path.cwd().parent / "uat_core").is_dir() and str(Path.cwd().parent) not in sys.path:
-    sys.path.insert(0, str(Path.cwd().parent))        # run from notebooks/: make the engine importable
+# the engine is the installed package (pip install -r requirements.txt installs it, editable)
 
 import ipywidgets as widgets
 import pandas as pd

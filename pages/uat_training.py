@@ -15,7 +15,7 @@ from webapp.jobs import page_job
 through_app()
 
 PAGE = "uat"
-ALGOS = ["natural", "uat", "lowcost", "fgsm", "pgd"]
+ALGOS = ["natural", "uat", "lowcost", "uat_pool", "lowcost_pool", "fgsm", "pgd"]
 ds = state.dataset()
 D = S.DATASET[ds]
 d = S.defaults(PAGE, ds)
@@ -80,6 +80,14 @@ with st.expander("The two algorithms", expanded=False):
     c2.latex(r"(g_\theta, g_\delta) = \nabla_{(\theta,\delta)}\,\ell(x+\delta)")
     c2.latex(r"\theta \leftarrow \theta - \alpha g_\theta,\quad "
              r"\delta \leftarrow \Pi_\epsilon(\delta + \epsilon\,\mathrm{sign}(g_\delta))")
+    st.markdown(
+        "**Why a single δ is a weak adversary, and the pool.** Alg. 3 and 4 carry *one* δ through training. It "
+        "settles into one basin, and the network learns to ignore that δ rather than universal perturbations in "
+        "general: a fixed ±ε stripe that no optimiser produced then fools it. The **pool** variants keep 4 "
+        "universal perturbations in the same passes: image *b* of a minibatch carries member (b + t) mod 4 and "
+        "every member ascends on the gradient of its own images. The same forward and backward passes give ∇θ "
+        "and all four ∇δ, so the cost per step stays that of the plain algorithm (the pool costs memory, not "
+        "passes); the network must resist four different universal perturbations at every step.")
 
 
 def draw(job):
@@ -88,7 +96,7 @@ def draw(job):
     cur = job.state.get("training")
     c1, c2 = st.columns([3, 1])
     with c1:
-        if cur in ("uat", "lowcost") and cur in hist and hist[cur]:
+        if cur in S.UNIVERSAL_ALGOS and cur in hist and hist[cur]:
             ui.chart(plots.before_after_figure(hist[cur], title=f"Live: {S.ALGO_SHORT[cur]}, minibatch accuracy "
                                                       "before and after the ascent step on δ"), key="uat_live_ba")
         elif hist:
@@ -202,7 +210,7 @@ if hist:
     tabs = st.tabs([S.ALGO_SHORT.get(a, a) for a in hist] + ["all models"])
     for t, (a, h) in zip(tabs, hist.items()):
         with t:
-            if a in ("uat", "lowcost", "uadam") and any("acc_after" in x for x in h):
+            if a in S.UNIVERSAL_ALGOS and any("acc_after" in x for x in h):
                 cc1, cc2 = st.columns([3, 1])
                 ui.chart(plots.before_after_figure(h), key=f"uat_ba_{a}", where=cc1)
                 if a in res.get("train_deltas", {}):

@@ -413,9 +413,9 @@ def test_data_size_page_matches_the_engine(eng):
 @pytest.mark.slow
 def test_training_page_trains_attacks_and_shares_models_with_the_session(eng):
     from uat_core.pipeline import make_trainer
-    from uat_core.training import default_config_for
+    from uat_core.training import default_config_for, resolve_variant
     at = open_page("uat_training")
-    at.multiselect(key="uat_algos").set_value(["natural", "lowcost"])
+    at.multiselect(key="uat_algos").set_value(["natural", "lowcost", "lowcost_pool"])
     at.slider(key="uat_epochs").set_value(1)
     at.select_slider(key="uat_size").set_value(250)
     at.select_slider(key="uat_asize").set_value(100)
@@ -423,22 +423,24 @@ def test_training_page_trains_attacks_and_shares_models_with_the_session(eng):
     at.button(key="uat_run").click().run()
     no_errors(at)
     rows = {r["algorithm"]: r for r in latest(at, "uat")["result"]["rows"]}
-    assert set(rows) == {"natural", "lowcost"}
+    assert set(rows) == {"natural", "lowcost", "lowcost_pool"}
     data = eng["train"].subset(250, seed=0)
-    for algo in ("natural", "lowcost"):
-        cfg = default_config_for("digits", "smallcnn", algorithm=algo, epochs=1, eps=32, delta_rule="fgsm", seed=0,
-                                 snapshot_every=5, track_every=5)
+    for algo in ("natural", "lowcost", "lowcost_pool"):
+        base, extra = resolve_variant(algo)
+        cfg = default_config_for("digits", "smallcnn", algorithm=base, epochs=1, eps=32, delta_rule="fgsm", seed=0,
+                                 snapshot_every=5, track_every=5, **extra)
         res = make_trainer("smallcnn", data, cfg).run()
         strong, m = ref_strong(eng, 100, model=res.model, eps=32, beta=9.0, epochs=1, seed=0, snapshot_every=0)
         assert rows[algo]["clean_top1"] == pytest.approx(m["clean_top1"], abs=1e-6), algo
         assert rows[algo]["robust_top1"] == pytest.approx(m["perturbed_top1"], abs=1e-6), algo
         assert rows[algo]["fixed_top1"] == pytest.approx(top1(res.model, eng["test"], strong.best_fixed), abs=1e-6)
-        assert metric(at, "natural" if algo == "natural" else "low-cost") == pytest.approx(
-            round(100 * m["perturbed_top1"], 1))
+        shown = {"natural": "natural", "lowcost": "low-cost", "lowcost_pool": "low-cost pool"}[algo]
+        assert metric(at, shown) == pytest.approx(round(100 * m["perturbed_top1"], 1))
     # Low-cost UAT costs what natural training costs: one forward and one backward per step.
     assert rows["lowcost"]["forward"] == rows["natural"]["forward"] == rows["lowcost"]["backward"]
+    assert rows["lowcost_pool"]["forward"] == rows["lowcost"]["forward"]        # the pool costs no passes
     at.switch_page("pages/attack_lab.py").run()            # the trained models are offered for this session
-    assert sum("(trained here)" in o for o in at.selectbox(key="lab_model").options) == 2
+    assert sum("(trained here)" in o for o in at.selectbox(key="lab_model").options) == 3
 
 
 @pytest.mark.slow

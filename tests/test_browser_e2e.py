@@ -2,7 +2,8 @@
 
 Runs the attack lab on the digits, checks the test accuracy it shows against the engine's own result for
 the same settings, downloads δ as a PNG, stops a long run, and saves a screenshot of every page in
-``runs/screenshots`` (git-ignored; ``UAT_SCREENSHOTS=assets/screenshots`` refreshes the README's). Needs ``/usr/bin/chromium``
+``runs/screenshots`` (git-ignored; ``UAT_SCREENSHOTS=assets/screenshots`` refreshes the README's). Needs
+``/usr/bin/chromium``
 (``apt-get install chromium``) and ``pip install playwright``; skipped with a reason otherwise.
 """
 from __future__ import annotations

@@ -91,7 +91,8 @@ ATTACK_BAD = [
     (["--optimizer", "rmsprop"], ["optimizer"]), (["--optimizer", "rmsprop", "--method", "idf"], ["optimizer"]),
     (["--norm", "l1"], ["norm"]), (["--norm", "l1", "--method", "idf"], ["norm"]),
     (["--method", "fgsm"], ["method"]), (["--dataset", "mnist"], ["dataset"]),
-    (["--target", "10"], ["target"]), (["--target", "-1"], ["target"]), (["--method", "idf", "--target", "3"], ["target"]),
+    (["--target", "10"], ["target"]), (["--target", "-1"], ["target"]),
+    (["--method", "idf", "--target", "3"], ["target"]),
     (["--attack-size", "0"], ["attack-size"]), (["--eval-size", "0"], ["eval-size"]),
     (["--epochs", "0"], ["epochs"]), (["--batch-size", "0"], ["batch"]), (["--step-size", "-1"], ["step"]),
     (["--step-decay", "2"], ["decay"]), (["--xi", "0", "--method", "idf"], ["xi"]),
@@ -127,7 +128,11 @@ def test_empty_data_folders_are_refused(cli, tmp_path, bad_files, isolated_cache
     rc, _, err = cli(*quick_attack(bad_files["rgb"], out), "--dataset", "cifar10",
                      "--data-root", bad_files["empty_dir"])
     assert_user_error(rc, err, "cifar-10")
-    assert files_under(out) == []
+    assert not out.exists()                                   # a data error leaves no empty --out folder
+    rc, _, err = cli("eval", "--dataset", f"imagefolder:{bad_files['empty_dir']}", "--checkpoint", DIGITS_NATURAL,
+                     "--perturbation", DIGITS_DELTA, "--out", out, "--quiet")
+    assert_user_error(rc, err, "no images")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("which,words", [("delta_rgb", ["shape"]), ("delta_nan", ["nan"]),
@@ -179,7 +184,58 @@ def test_nan_model_stops_the_attack_and_nothing_is_written(cli, tmp_path, bad_fi
     for method in ("alg2", "idf"):
         rc, _, err = cli(*quick_attack(bad_files["nan"], out), "--method", method)
         assert_user_error(rc, err, "nan")
-        assert files_under(out) == []                         # no NaN δ (and no metrics) on disk
+        assert not out.exists()                               # no NaN δ (and no metrics) on disk
+    rc, _, err = cli("eval", "--dataset", "digits", "--checkpoint", bad_files["nan"], "--perturbation", DIGITS_DELTA,
+                     "--out", out, "--quiet")                 # eval used to exit 0 with meaningless figures
+    assert_user_error(rc, err, "nan or inf weights")
+    assert not out.exists()
+
+
+def test_out_below_an_existing_file_is_a_user_error(cli, tmp_path):
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("not a folder\n")
+    rc, _, err = cli(*quick_attack(DIGITS_NATURAL, blocker / "run"))
+    assert_user_error(rc, err, "is a file")
+    rc, _, err = cli("eval", "--dataset", "digits", "--checkpoint", DIGITS_NATURAL, "--perturbation", DIGITS_DELTA,
+                     "--out", blocker / "a" / "b", "--quiet")
+    assert_user_error(rc, err, "is a file")
+    assert blocker.read_text() == "not a folder\n"
+
+
+def test_ctrl_c_during_an_attack_exits_130_and_writes_nothing(cli, tmp_path, monkeypatch):
+    from uat_core.attacks.universal import UniversalAttack
+
+    def interrupted(self, *a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(UniversalAttack, "run", interrupted)
+    out = tmp_path / "out"
+    rc, _, err = cli(*quick_attack(DIGITS_NATURAL, out))
+    assert rc == 130 and "interrupted" in err and "Traceback" not in err
+    assert files_under(out) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_files_keep_the_users_umask(tmp_path, umask):
+    import os
+
+    from uat_core.fileio import atomic_bytes, write_json
+    old = os.umask(umask)
+    try:
+        a = write_json(tmp_path / "m.json", {"x": 1})
+        b = atomic_bytes(tmp_path / "g.png", b"png")
+    finally:
+        os.umask(old)
+    for f in (a, b):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, oct(f.stat().st_mode)
+
+
+def test_a_gpu_index_beyond_the_cards_is_a_user_error(monkeypatch):
+    from uat_core.device import pick_device
+    from uat_core.errors import UATError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UATError, match=r"only 1 CUDA GPU \(cuda:0\)"):
+        pick_device("cuda:9")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import torch
 from uat_core import report, zoo
 from uat_core.data import load_dataset
 from uat_core.errors import UATError
-from uat_core.evaluation import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +70,8 @@ def test_bad_sizes_are_one_line_errors(tmp_path):
 
 
 def _fake(nat=(0.90, 0.45, 0.30, 0.20), fgsm=0.5, low=(0.80, 0.72), uat=(0.85, 0.81)):
-    row = lambda a, c, r8, r12=None, r16=0.1: {"algorithm": a, "clean_top1": c, "robust_top1@8": r8,
-                                               "robust_top1@12": r12, "robust_top1@16": r16}
+    def row(a, c, r8, r12=None, r16=0.1):
+        return {"algorithm": a, "clean_top1": c, "robust_top1@8": r8, "robust_top1@12": r12, "robust_top1@16": r16}
     return {"eps": [8, 12, 16], "rows": [row("natural", nat[0], nat[1], nat[2], nat[3]), row("fgsm", 0.8, fgsm),
                                          row("lowcost", *low), row("uat", *uat)]}
 

@@ -115,10 +115,26 @@ def test_strong_attack_is_at_least_as_strong_as_alg2_and_the_best_fixed_pattern(
     assert c["attack"] == "strong" and c["start"] in {r["start"] for r in c["leaderboard"]}
     assert c["best_fixed"]["name"] and 0 <= c["best_fixed"]["acc"] <= 1
     json.dumps(c, allow_nan=False)                                    # metrics.json-safe
-    # the winner is the refined start with the highest attack-set objective
-    best = max((r for r in c["leaderboard"] if r["loss"] is not None), key=lambda r: r["loss"])
-    assert best["start"] == c["start"]
+    # the final δ leaves no more attack images correct than any refined start or the best fixed pattern
+    acc = evaluate(digits_model, x, y, res.delta)["perturbed_top1"]
+    measured = [r["acc"] for r in c["leaderboard"] if r["acc"] is not None] + [c["best_fixed"]["acc"]]
+    assert acc <= min(measured) + 1e-6
     assert not digits_model.training and all(p.requires_grad for p in digits_model.parameters())
+    # select="loss": the refined start with the highest attack-set objective
+    by_loss = _strong(digits_model, x, y, select="loss").run()
+    best = max((r for r in by_loss.config["leaderboard"] if r["loss"] is not None), key=lambda r: r["loss"])
+    assert best["start"] == by_loss.config["start"]
+
+
+def test_the_best_fixed_pattern_competes_for_the_final_delta(digits_model, digits_train, monkeypatch):
+    """When no refinement beats the fixed baseline on the attack set, the baseline itself is returned."""
+    sub = digits_train.subset(128, 0)
+    monkeypatch.setattr(StrongUniversalAttack, "_objective", lambda self, model, d: (99.0, 1.0))  # all useless
+    res = _strong(digits_model, sub.float_images(), sub.labels, epochs=2).run()
+    assert res.config["start"] == "fixed " + res.config["best_fixed"]["name"]
+    assert torch.equal(res.delta, res.best_fixed)
+    with pytest.raises(UATError, match="selection"):
+        StrongConfig(select="median").validate()
 
 
 class Planted(nn.Module):

@@ -187,7 +187,8 @@ def test_seconds_count_training_not_pauses(digits):
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("algo,extra,n,stop", [
     ("uat", {"delta_rule": "adam", "delta_lr": 4.0, "augment": True}, 192, 8),      # 6 steps per epoch
-    ("pgd", {"pgd_steps": 2, "augment": True}, 128, 6)])                           # 4 steps per epoch
+    ("pgd", {"pgd_steps": 2, "augment": True}, 128, 6),                             # 4 steps per epoch
+    ("lowcost", {"delta_pool": 3, "reseed_every": 2, "augment": True}, 192, 7)])   # pool + re-seeds
 def test_resume_mid_epoch_reproduces_uninterrupted_run(digits, algo, extra, n, stop):
     train = digits[0].subset(n, 0)
     spe = n // 32
@@ -217,6 +218,90 @@ def test_resume_mid_epoch_reproduces_uninterrupted_run(digits, algo, extra, n, s
 
 
 # ---------------------------------------------------------------------------------------------------
+# The diverse adversary: a pool of δs used in turn, re-seeds scored against a plain reference
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("algo", ["uat", "lowcost"])
+def test_pool_step_matches_a_per_image_reference(digits, algo):
+    """With a pool of m δs, image b carries member (b + t) mod m and each member ascends on the sign of its
+    own images' gradient: compare one step with a plain per-image computation summed by member."""
+    from uat_core.constraints import apply
+    train = digits[0].subset(96, 0)
+    tr = make_trainer("smallcnn", train, cfg(algorithm=algo, delta_pool=3))
+    start = tr.pool.clone()
+    assert (start[0] == 0).all() and torch.allclose(start[1:].abs(), torch.full_like(start[1:], E))
+    ref = copy.deepcopy(tr.model)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    x, y, _ = tr._batch(tr._order(0), 0, 0)
+    a = torch.arange(32) % 3                                                # step 0
+    ref.train()
+    if algo == "uat":                                      # Alg. 3: weights first, then δ at the new weights
+        ref_opt.zero_grad()
+        F.cross_entropy(ref(apply(x, start[a])), y).backward()
+        ref_opt.step()
+    D = start[a].clone().requires_grad_(True)                                # (B,C,H,W) one δ per image
+    gD, = torch.autograd.grad(F.cross_entropy(ref(apply(x, D)), y), D)
+    G = torch.zeros_like(start).index_add_(0, a, gD)                        # (m,C,H,W) summed by member
+    want = (start + E * G.sign()).clamp(-E, E)
+    res = tr.run(callback=lambda ev: ev.kind != "step")                     # one step
+    assert res.steps == 1 and tr.passes == {"forward": 2 if algo == "uat" else 1,
+                                            "backward": 2 if algo == "uat" else 1}
+    torch.testing.assert_close(tr.pool, want, atol=1e-6, rtol=0)
+    assert not torch.equal(tr.pool[0], start[0]) and torch.isfinite(tr.pool_loss).all()
+    j = int(tr.pool_loss.argmax())                                          # shipped: highest last loss
+    assert torch.equal(res.delta, tr.pool[j].cpu())
+
+
+@pytest.mark.parametrize("source", ["bank", "random"])
+def test_reseed_keeps_the_candidate_of_highest_loss(digits, source):
+    from uat_core.constraints import apply
+    train = digits[0].subset(128, 0)
+    tr = make_trainer("smallcnn", train, cfg(algorithm="lowcost", reseed_from=source, reseed_candidates=5))
+    tr.model.eval()                                           # a deterministic forward for the reference
+    x, y = train.float_images()[:36], train.labels[:36]
+    cand = tr._candidates(0, 3)
+    assert cand.shape == (5, *train.shape) and torch.allclose(cand.abs(), torch.full_like(cand, E))
+    assert torch.equal(cand, tr._candidates(0, 3)) and not torch.equal(cand, tr._candidates(0, 4))
+    for before in (torch.zeros(train.shape), cand[2] * 0 + E):  # δ = 0 (beaten) and a flat +ε start
+        with torch.no_grad():
+            tr.delta.copy_(before)
+            s = 36 // 6                                           # the slice each of the 6 perturbations sees
+            ref = [F.cross_entropy(tr.model(apply(x[:s], d)), y[:s]).item() for d in [before, *cand]]
+            tr._reseed(x, y, 0, 3)
+        best = max(range(1, 6), key=lambda k: ref[k])
+        want = cand[best - 1] if ref[best] > ref[0] else before
+        assert torch.equal(tr.delta, want), (ref, source)
+    assert tr.reseeds["proposed"] == 2 and tr.passes["forward"] == 2 and tr.passes["backward"] == 0
+
+
+def test_reseed_counts_one_forward_and_is_recorded(digits, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = run_cli("train", "--dataset", "digits", "--algorithm", "lowcost", "--epochs", "1", "--train-size", "256",
+                 "--delta-pool", "2", "--reseed-every", "2", "--no-report", "--eval-size", "64", "--quiet",
+                 "--out", out)
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["passes"] == {"forward": 4 + 2, "backward": 4}               # 4 steps, 2 re-seeds
+    assert m["config"]["delta_pool"] == 2 and m["config"]["reseed_every"] == 2
+    assert read_checkpoint(out / "model.pt")["meta"]["training"]["reseed_from"] == "bank"
+
+
+def test_cli_init_weights_fine_tunes_from_a_checkpoint(digits, tmp_path, capsys):
+    base, ft = tmp_path / "base", tmp_path / "ft"
+    common = ["--dataset", "digits", "--epochs", "1", "--train-size", "128", "--no-report", "--eval-size", "64",
+              "--quiet", "--lr", "1e-9", "--momentum", "0", "--weight-decay", "0"]
+    assert run_cli("train", *common, "--out", base) == 0
+    assert run_cli("train", *common, "--algorithm", "lowcost", "--init-weights", base / "model.pt", "--out", ft) == 0
+    a, b = read_checkpoint(base / "model.pt"), read_checkpoint(ft / "model.pt")
+    for k, v in a["state_dict"].items():                       # lr ≈ 0: the weights are the loaded ones
+        if v.is_floating_point() and "running" not in k:
+            torch.testing.assert_close(b["state_dict"][k], v, atol=1e-6, rtol=0)
+    assert b["meta"]["training"]["init_weights"] == "model.pt"
+    capsys.readouterr()
+    rc = run_cli("train", *common, "--model", "resnet20", "--init-weights", base / "model.pt", "--out", tmp_path / "x")
+    assert rc == 2 and "smallcnn model on digits, not resnet20" in one_line_error(capsys)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Divergence never reaches a checkpoint
 # ---------------------------------------------------------------------------------------------------
 def test_nan_weights_at_epoch_end_are_not_checkpointed(digits):
@@ -240,7 +325,8 @@ def test_nan_loss_stops_with_one_line_error(digits, monkeypatch):
     train = digits[0].subset(128, 0)
     tr = make_trainer("smallcnn", train, cfg(algorithm="uat", epochs=2))
     real = Trainer._fwd
-    monkeypatch.setattr(Trainer, "_fwd", lambda self, net, x: real(self, net, x) * (math.nan if self.step_i >= 5 else 1))
+    monkeypatch.setattr(Trainer, "_fwd",
+                        lambda self, net, x: real(self, net, x) * (math.nan if self.step_i >= 5 else 1))
     with pytest.raises(UATError, match=r"diverged .* at step 6") as e:
         tr.run()
     assert "\n" not in str(e.value)
@@ -256,7 +342,10 @@ def test_nan_loss_stops_with_one_line_error(digits, monkeypatch):
     ({"delta_lr": 0}, "delta lr"), ({"delta_lr": -1}, "delta lr"),
     ({"delta_rule": "adam", "delta_lr": 300}, "delta lr"), ({"pgd_steps": 0}, "pgd steps"),
     ({"pgd_step_size": 0}, "PGD step size"), ({"pgd_step_size": 300}, "PGD step size"),
-    ({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch size"), ({"track_every": -1}, "track")])
+    ({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch size"), ({"track_every": -1}, "track"),
+    ({"delta_pool": 0}, "pool needs at least 1"), ({"reseed_every": -1}, "re-seed interval"),
+    ({"reseed_from": "noise"}, "unknown re-seed strategy"), ({"reseed_candidates": 0}, "candidates"),
+    ({"delta_pool": 2, "delta_rule": "adam"}, "not adam")])
 def test_bad_config_is_a_one_line_error(kw, match):
     base = {"algorithm": "uat"}
     base.update(kw)
@@ -276,7 +365,10 @@ def test_training_set_smaller_than_a_batch(digits):
     (["--algorithm", "pgd", "--pgd-step-size", "-1"], "PGD step"), (["--delta-lr", "0"], "delta lr"),
     (["--lr", "-0.1"], "lr"), (["--model", "vgg"], "unknown model"), (["--epochs", "0"], "epochs"),
     (["--train-size", "0"], "train-size"), (["--report-eps", "0"], "report-eps"),
-    (["--resume"], "nothing to resume")])
+    (["--resume"], "nothing to resume"), (["--algorithm", "uat", "--delta-pool", "0"], "pool"),
+    (["--algorithm", "lowcost", "--reseed-every", "-2"], "re-seed interval"),
+    (["--algorithm", "uat", "--reseed-from", "gauss"], "re-seed strategy"),
+    (["--init-weights", "no_such_model"], "neither a file nor a zoo model")])
 def test_cli_bad_input(tmp_path, capsys, flags, match):
     out = tmp_path / "run"
     rc = run_cli("train", "--dataset", "digits", "--out", out, "--quiet", *flags)
@@ -379,7 +471,8 @@ def test_cli_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, ca
     out = tmp_path / "nan"
     real = Trainer._fwd
     # finite for epoch 1 (8 steps), NaN logits from step 11 on
-    monkeypatch.setattr(Trainer, "_fwd", lambda self, net, x: real(self, net, x) * (math.nan if self.step_i >= 10 else 1))
+    monkeypatch.setattr(Trainer, "_fwd",
+                        lambda self, net, x: real(self, net, x) * (math.nan if self.step_i >= 10 else 1))
     assert run_cli(*LOWCOST, "--out", out) == 2
     assert "diverged" in one_line_error(capsys)
     assert not (out / "model.pt").exists() and not (out / "metrics.json").exists()

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 
-def crop_flip(x: torch.Tensor, pad: int = 4, flip: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+def crop_flip(x: torch.Tensor, pad: int = 4, flip: bool = True,
+              generator: torch.Generator | None = None) -> torch.Tensor:
     """Random crop after zero padding by ``pad`` and, optionally, random horizontal flip.
 
     x: (B,C,H,W) float; returns the same shape. Randomness from ``generator`` (CPU) for reproducibility.

@@ -10,7 +10,6 @@ A checkpoint is a plain dict of tensors, strings and numbers, so it loads with
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -59,6 +58,9 @@ def read_checkpoint(path) -> dict:
     need = ("arch", "num_classes", "in_channels", "mean", "std", "dataset")
     if not isinstance(meta, dict) or any(k not in meta for k in need):
         raise UATError(f"{path} is a UAT Lab checkpoint with incomplete metadata (needs {', '.join(need)})")
+    for k, v in obj["state_dict"].items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
+            raise UATError(f"{path} has NaN or Inf weights ({k}): the run that wrote it diverged")
     return obj
 
 

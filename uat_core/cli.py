@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -19,7 +18,9 @@ EXAMPLES = """examples:
   python -m uat_core attack --dataset digits --checkpoint runs/digits/model.pt --eps 32 --out runs/digits-attack
   UAT_DATA=../shared/data/cifar10-jpeg python -m uat_core attack --dataset cifar10 \\
       --checkpoint assets/models/cifar10_resnet20_natural.pt --eps 8 --beta 9 --epochs 10 --out runs/c10
-  python -m uat_core eval --dataset digits --checkpoint M.pt --perturbation runs/digits-attack/perturbation.pt --out runs/t
+  python -m uat_core eval --dataset digits --checkpoint M.pt \\
+      --perturbation runs/digits-attack/perturbation.pt --out runs/t
+  uat zoo list        (after pip install -e .: the same commands as "uat train|attack|eval|zoo ...")
 """
 
 
@@ -56,11 +57,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="python -m uat_core", epilog=EXAMPLES,
+    ap = _Parser(prog="uat" if Path(sys.argv[0]).name == "uat" else "python -m uat_core", epilog=EXAMPLES,
                  formatter_class=argparse.RawDescriptionHelpFormatter,
                  description="UAT Lab: universal perturbations (Alg. 1, Alg. 2) and universal "
                              "adversarial training (Alg. 3, Alg. 4) of Shafahi et al., AAAI 2020.")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{train,attack,eval}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{train,attack,eval,zoo}")
 
     t = sub.add_parser("train", help="train a model (natural, uat, lowcost, fgsm, pgd)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="natural | uat (Alg. 3) | lowcost (Alg. 4) | fgsm | pgd (per-instance baselines)")
     t.add_argument("--epochs", type=int, default=10, help="passes over the training set")
     t.add_argument("--batch-size", type=int, default=None, help="minibatch size per process (default 128; digits 64)")
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate of momentum SGD (default 0.1; digits 0.05)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate of momentum SGD (default 0.1; digits 0.05)")
     t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum of the weights")
     t.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
     t.add_argument("--schedule", default="step",
@@ -86,6 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fgsm-random-start", action="store_true",
                    help="--algorithm fgsm: start from a uniform point of the ε-ball and step 1.25·ε (Wong et al. "
                         "2020's 'fast FGSM', which avoids catastrophic overfitting); off = the paper's plain FGSM")
+    t.add_argument("--delta-pool", type=int, default=1,
+                   help="uat/lowcost: keep m universal perturbations and train against them in turn, updating one "
+                        "per step (memory, not passes; 1 = the paper's single δ)")
+    t.add_argument("--reseed-every", type=int, default=0,
+                   help="uat/lowcost: every k steps score --reseed-candidates new starts against the active δ on a "
+                        "slice of the minibatch (one forward, no backward) and keep the one of highest loss "
+                        "(0 = never, the paper's)")
+    t.add_argument("--reseed-from", default="bank",
+                   help="where re-seed candidates come from: bank (structured stripes/checkerboards at ±ε and "
+                        "random signs) | random (random signs only)")
+    t.add_argument("--reseed-candidates", type=int, default=7, help="candidates scored per re-seed")
+    t.add_argument("--init-weights", default=None,
+                   help="fine-tune: start from the weights of this model.pt or zoo model name (same architecture "
+                        "and data); recorded in the checkpoint's metadata")
     t.add_argument("--train-size", type=int, default=None, help="train on this many images (stratified subset)")
     t.add_argument("--track-every", type=int, default=20,
                    help="uat/lowcost: measure the 'after ascent' minibatch accuracy every k steps (one extra "
@@ -140,11 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(e, "folder for metrics.json and grid.png")
     e.add_argument("--checkpoint", required=True, help="model.pt to evaluate")
     e.add_argument("--perturbation", required=True, help="a perturbation.pt or .npy (C×H×W, pixel units)")
+    sub.add_parser("zoo", add_help=False,
+                   help="the model zoo: build, report, reattack, refresh, list (uat zoo --help)")
     return ap
+
+
+def main_exit() -> None:
+    """The ``uat`` console script (pyproject.toml): ``uat train|attack|eval|zoo ...``."""
+    raise SystemExit(main())
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "zoo":                 # the model zoo has its own commands (python -m uat_core.zoo)
+        from .zoo import main as zoo_main
+        return zoo_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv
@@ -152,6 +178,10 @@ def main(argv=None) -> int:
     except UATError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:            # attack / eval (train saves a checkpoint itself): files are atomic
+        print("\ninterrupted: nothing was half-written (every output is written whole or not at all)",
+              file=sys.stderr)
+        return 130
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -233,11 +263,13 @@ def cmd_attack(args) -> int:
         load_checkpoint(args.checkpoint, {"num_classes": info["num_classes"], "shape": info["shape"]})
     if args.target is not None and not (0 <= args.target < info["num_classes"]):
         raise UATError(f"--target must be a class index in [0, {info['num_classes'] - 1}]")
-    out = prepare_out_dir(args.out, list(PERTURBATION_FILES) + ["metrics.json", "grid.png"], args.force)
+    outputs = list(PERTURBATION_FILES) + ["metrics.json", "grid.png"]
+    prepare_out_dir(args.out, outputs, args.force, create=False)    # refuse a clash before any work
 
     # --- work
     train = _data(args, "train", info, limit=args.attack_size)
     test = _data(args, "test", info, limit=args.eval_size)
+    out = prepare_out_dir(args.out, outputs, args.force)              # only once the data loaded
     run = make_attack(model, train, method, device, **cfg)
     res = run.run(progress=not args.quiet, desc={"idf": "iDeepFool", "strong": "strong attack"}.get(method, "Alg. 2"))
     m = evaluate(model, test.images, test.labels, res.delta, test.num_classes, device=device,
@@ -282,8 +314,9 @@ def cmd_eval(args) -> int:
                                   device)
     info = dataset_info(args.dataset, meta["image_size"])
     delta = load_perturbation(args.perturbation, info["shape"])
+    prepare_out_dir(args.out, ["metrics.json", "grid.png"], args.force, create=False)
+    test = _data(args, "test", info, limit=args.eval_size)            # a data error leaves no --out folder
     out = prepare_out_dir(args.out, ["metrics.json", "grid.png"], args.force)
-    test = _data(args, "test", info, limit=args.eval_size)
     m = evaluate(model, test.images, test.labels, delta, test.num_classes, device=device)
     eps255 = float(delta.abs().max()) * 255
     atomic_bytes(out / "grid.png", png_bytes(_grid(model, test, delta, device)))
@@ -293,6 +326,31 @@ def cmd_eval(args) -> int:
     print(f"clean top-1 {100 * m['clean_top1']:.1f}% -> perturbed top-1 {100 * m['perturbed_top1']:.1f}% "
           f"(fooling ratio {100 * m['fooling_ratio']:.1f}%, ‖δ‖∞ = {eps255:.2f}/255); wrote {out}")
     return 0
+
+
+def _init_weights(args, train) -> dict:
+    """{"state_dict", "source"} of --init-weights (a model.pt path or a zoo model name), checked against the run."""
+    from .checkpoint import read_checkpoint
+    src = args.init_weights
+    path = Path(src)
+    if not path.is_file():
+        from .zoo import ZOO_DIR, read_manifest
+        man = read_manifest()["models"]
+        if src not in man:
+            raise UATError(f"--init-weights: {src} is neither a file nor a zoo model name")
+        path = ZOO_DIR / man[src]["file"]
+    obj = read_checkpoint(path)
+    meta = obj["meta"]
+    if meta["arch"] != args.model or meta["dataset"] != args.dataset:
+        raise UATError(f"--init-weights: {src} holds a {meta['arch']} model on {meta['dataset']}, "
+                       f"not {args.model} on {args.dataset}")
+    if [meta.get("in_channels"), meta.get("image_size")] != [train.shape[0], train.shape[1]]:
+        raise UATError(f"--init-weights: {src} expects {meta.get('in_channels')}×{meta.get('image_size')} images, "
+                       f"the data has {train.shape[0]}×{train.shape[1]}")
+    bad = [k for k, v in obj["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UATError(f"--init-weights: {src} has NaN or Inf weights ({bad[0]})")
+    return {"state_dict": obj["state_dict"], "source": src if not Path(src).is_file() else path.name}
 
 
 def cmd_train(args) -> int:
@@ -319,7 +377,9 @@ def cmd_train(args) -> int:
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
         eps=args.eps, delta_rule=args.delta_rule, delta_lr=args.delta_lr, pgd_steps=args.pgd_steps,
         pgd_step_size=args.pgd_step_size, fgsm_random_start=args.fgsm_random_start,
-        track_every=args.track_every, seed=args.seed, amp=args.amp, channels_last=args.channels_last)
+        track_every=args.track_every, seed=args.seed, amp=args.amp, channels_last=args.channels_last,
+        delta_pool=args.delta_pool, reseed_every=args.reseed_every, reseed_from=args.reseed_from,
+        reseed_candidates=args.reseed_candidates)
     if args.no_augment:
         cfg.augment = False
     cfg.validate()
@@ -367,13 +427,18 @@ def cmd_train(args) -> int:
         train = _data(args, "train", info)
         if args.train_size:
             train = train.subset(args.train_size, args.seed)
+        init = _init_weights(args, train) if args.init_weights else None
         training_meta = {**cfg.to_dict(), "dataset": args.dataset, "train_size": len(train), "world_size": world,
                          "command": "python -m uat_core " + " ".join(args.argv)}
+        if init is not None:
+            training_meta["init_weights"] = init["source"]
         if obj is not None and obj["meta"].get("training", {}).get("train_size", len(train)) != len(train):
             raise UATError(f"cannot resume: the checkpoint was trained on "
                            f"{obj['meta']['training']['train_size']} images, not {len(train)} (--train-size)")
         trainer = make_trainer(args.model, train, cfg, device, checkpoint_fn=lambda tr: save_checkpoint(
             ckpt_path, tr.model, meta_for(args.model, train, training_meta), tr.state()))
+        if init is not None and obj is None:
+            trainer.model.net.load_state_dict(init["state_dict"])
         if obj is not None:
             trainer.load_state(obj["extra"])          # refuses another configuration: nothing written yet
             trainer.model.net.load_state_dict(obj["state_dict"])

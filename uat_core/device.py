@@ -16,5 +16,9 @@ def pick_device(name: str | None = None) -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UATError("--device cuda asked for, but no CUDA GPU is visible")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise UATError(f"--device {name}: there {'is' if n == 1 else 'are'} only {n} CUDA GPU"
+                           f"{'' if n == 1 else 's'} (cuda:0{'' if n == 1 else f' to cuda:{n - 1}'})")
         torch.backends.cudnn.benchmark = True
     return dev

@@ -11,14 +11,23 @@ from typing import Callable
 from .errors import UATError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` in one step."""
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path`` in one step. The file gets the
+    mode an ordinary ``open`` would give it (0666 less the umask), not the 0600 of a temporary file, so
+    another account serving the app can read what this one wrote."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -52,13 +61,20 @@ def write_json(path, obj) -> Path:
     return atomic_bytes(path, (text + "\n").encode())
 
 
-def prepare_out_dir(out: str | os.PathLike, names: list[str], force: bool = False) -> Path:
-    """Create ``out``; refuse (one-line error) if any of ``names`` already exists there and not ``force``."""
+def prepare_out_dir(out: str | os.PathLike, names: list[str], force: bool = False, create: bool = True) -> Path:
+    """Create ``out`` (unless ``create`` is False: check only); refuse (one-line error) if any of ``names``
+    already exists there and not ``force``, or if ``out`` or a folder above it is a file."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UATError(f"--out {out} is a file, not a folder")
+    for parent in out.parents:                 # --out below an existing file: mkdir would raise NotADirectoryError
+        if parent.exists():
+            if not parent.is_dir():
+                raise UATError(f"--out {out}: {parent} is a file, not a folder")
+            break
     clash = [n for n in names if (out / n).exists()]
     if clash and not force:
         raise UATError(f"{out / clash[0]} already exists: choose another --out or pass --force to overwrite")
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return out

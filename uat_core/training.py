@@ -10,6 +10,18 @@
 
 δ is universal: one (C,H,W) tensor carried across minibatches and epochs, in pixel units. Its update
 rule (``delta_rule``) is ``fgsm`` (paper eq. 6, δ += ε·sign(g)), ``sgd`` (eq. 7, δ += τδ·g) or ``adam``.
+
+A single δ settles into one basin and the network learns to ignore *that* δ, not universal perturbations
+in general (a fixed ±ε stripe then fools it). Two options keep the adversary of ``uat`` / ``lowcost``
+strong and diverse, both off by default (the paper's algorithms):
+
+    delta_pool = m     m universal perturbations in the same passes: image b of a minibatch carries member
+                       (b + t) mod m, and every member ascends on the gradient of its own images (the pool
+                       costs memory, not passes; one forward and backward still give ∇θ and all m ∇δ)
+    reseed_every = k   every k steps, ``reseed_candidates`` new starts (``reseed_from``: patterns of the
+                       structured bank and random signs, or random signs only) are scored with the pool's
+                       weakest member (lowest last loss) on a slice of the minibatch, in one forward without
+                       backward; that member becomes the candidate of highest loss when it beats it
 Weights use momentum SGD with weight decay; the learning rate follows the paper's shape (÷10 at 50% and
 75% of the steps) unless ``schedule`` says otherwise.
 
@@ -46,6 +58,16 @@ ALGORITHMS = ("natural", "uat", "lowcost", "fgsm", "pgd")
 DELTA_RULES = ("fgsm", "sgd", "adam")
 SCHEDULES = ("step", "onecycle", "cosine", "constant")
 UNIVERSAL = ("uat", "lowcost")      # the algorithms that carry a universal δ
+RESEED_FROM = ("bank", "random")
+# Named variants of the universal algorithms (the zoo, the app and the notebooks train them by these names):
+# the paper's Alg. 3 / 4 with a pool of 4 universal δs carried through the same passes.
+POOL_SIZE = 4
+VARIANTS = {"uat_pool": ("uat", {"delta_pool": POOL_SIZE}), "lowcost_pool": ("lowcost", {"delta_pool": POOL_SIZE})}
+
+
+def resolve_variant(name: str) -> tuple[str, dict]:
+    """(algorithm, TrainConfig overrides) of an algorithm or a named variant such as "uat_pool"."""
+    return VARIANTS.get(name, (name, {}))
 
 
 @dataclass
@@ -65,6 +87,10 @@ class TrainConfig:
     pgd_steps: int = 7             # K for --algorithm pgd
     pgd_step_size: float | None = None   # α in 0-255 units; None = 2.5·ε/K
     fgsm_random_start: bool = False      # fgsm: uniform start in the ε-ball and step 1.25·ε (Wong et al.)
+    delta_pool: int = 1            # uat/lowcost: m universal δs used in turn (1 = the paper's single δ)
+    reseed_every: int = 0          # uat/lowcost: propose new starts every k steps (0 = never, the paper's)
+    reseed_from: str = "bank"      # bank (structured patterns + random signs) | random (random signs)
+    reseed_candidates: int = 7     # candidates scored per re-seed, with the active member, in one forward
     track_every: int = 20          # uat/lowcost: "after ascent" accuracy every k steps (0 = never)
     snapshot_every: int = 50       # a δ snapshot in the event stream every k steps (0 = never)
     seed: int = 0
@@ -96,6 +122,16 @@ class TrainConfig:
             raise UATError(f"the PGD step size must be in (0, 255] (0-255 units), got {self.pgd_step_size}")
         if self.epochs < 1 or self.batch_size < 1:
             raise UATError(f"epochs and batch size must be at least 1, got {self.epochs} and {self.batch_size}")
+        if self.delta_pool < 1:
+            raise UATError(f"the delta pool needs at least 1 perturbation, got {self.delta_pool}")
+        if self.reseed_every < 0:
+            raise UATError(f"the re-seed interval must be at least 1 step (0 = never), got {self.reseed_every}")
+        if self.reseed_from not in RESEED_FROM:
+            raise UATError(f"unknown re-seed strategy '{self.reseed_from}': choose {', '.join(RESEED_FROM)}")
+        if self.reseed_candidates < 1:
+            raise UATError(f"re-seed candidates must be at least 1, got {self.reseed_candidates}")
+        if self.delta_pool > 1 and self.delta_rule == "adam":
+            raise UATError("a delta pool works with the fgsm or sgd delta rule, not adam (one Adam state per δ)")
         if self.track_every < 0 or self.snapshot_every < 0:
             raise UATError("track-every and snapshot-every must be ≥ 0 (0 = never)")
         return self
@@ -107,8 +143,9 @@ class TrainConfig:
 # Settings that must match for --resume to continue the same run.
 RESUME_KEYS = ("algorithm", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "augment",
                "flip", "eps", "delta_rule", "delta_lr", "pgd_steps", "pgd_step_size", "fgsm_random_start",
-               "seed")
-_RESUME_DEFAULTS = {"fgsm_random_start": False}   # keys that older checkpoints do not have
+               "delta_pool", "reseed_every", "reseed_from", "reseed_candidates", "seed")
+_RESUME_DEFAULTS = {"fgsm_random_start": False, "delta_pool": 1, "reseed_every": 0, "reseed_from": "bank",
+                    "reseed_candidates": 7}   # keys that older checkpoints do not have
 
 
 @dataclass
@@ -183,10 +220,21 @@ class Trainer(Run):
         self.opt = torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum,
                                    weight_decay=self.cfg.weight_decay, nesterov=self.cfg.momentum > 0)
         self.sched = self._scheduler()
-        self.delta = torch.zeros(train.shape, device=self.device)           # (C,H,W) universal δ
+        # (m,C,H,W): the pool of universal δs (m = 1: the paper's single δ); self.delta is the active member
+        self.pool = torch.zeros((self.cfg.delta_pool, *train.shape), device=self.device)
+        if self.cfg.delta_pool > 1:                   # members 1..m−1 start at random ±ε signs (seeded)
+            g = torch.Generator().manual_seed(self.cfg.seed * 7_919 + 17)
+            self.pool[1:] = (torch.randint(0, 2, self.pool[1:].shape, generator=g).float() * 2 - 1).to(
+                self.device) * self.eps
+        self.member = 0                               # the member a re-seed compares against
+        self.pool_loss = torch.full((self.cfg.delta_pool,), float("nan"))   # last training loss per member
+        self.reseeds = {"proposed": 0, "accepted": 0}
+        self._bank = None
+        self.delta = self.pool[0]                                           # (C,H,W) a view into the pool
         self.delta_opt = None
-        if self.cfg.algorithm in UNIVERSAL and self.cfg.delta_rule == "adam":
-            self.delta.requires_grad_(True)
+        if self.cfg.algorithm in UNIVERSAL and self.cfg.delta_rule == "adam":       # m = 1 (validated)
+            self.delta = torch.zeros(train.shape, device=self.device, requires_grad=True)
+            self.pool = self.delta.detach().unsqueeze(0)                    # the same storage
             self.delta_opt = torch.optim.Adam([self.delta], lr=self.cfg.delta_lr / 255.0, maximize=True)
         self.passes = {"forward": 0, "backward": 0}
         self.step_i, self.epoch_i, self.seconds = 0, 0, 0.0
@@ -213,6 +261,8 @@ class Trainer(Run):
         """Everything but the weights that a resumed run needs (plain tensors and numbers)."""
         st = {"config": self.cfg.to_dict(), "optimizer": self.opt.state_dict(),
               "scheduler": self.sched.state_dict(), "delta": self.delta.detach().cpu().clone(),
+              "pool": self.pool.detach().cpu().clone(), "pool_loss": self.pool_loss.clone(),
+              "reseeds": dict(self.reseeds),
               "step": self.step_i, "epoch": self.epoch_i, "steps_per_epoch": self.steps_per_epoch,
               "world_size": self.world, "seconds": self.seconds, "passes": dict(self.passes),
               "history": list(self.history), "snapshots": [(s, d.clone()) for s, d in self.snapshots]}
@@ -236,7 +286,12 @@ class Trainer(Run):
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
         with torch.no_grad():
-            self.delta.copy_(st["delta"].to(self.device))
+            if "pool" in st:
+                self.pool.copy_(st["pool"].to(self.device))
+                self.pool_loss = st["pool_loss"].clone()
+                self.reseeds = dict(st.get("reseeds", self.reseeds))
+            else:
+                self.pool[0].copy_(st["delta"].to(self.device))
         if self.delta_opt is not None and "delta_optimizer" in st:
             self.delta_opt.load_state_dict(st["delta_optimizer"])
         self.step_i = int(st["step"])
@@ -297,8 +352,9 @@ class Trainer(Run):
         with self._bn_stats_kept():
             return _acc(self.model(apply(x, delta)), y)
 
-    def _ascend(self, g):
-        """δ ← P(δ + update(g)); g = E∇δ ℓ, averaged across processes."""
+    def _ascend(self, g, target=None):
+        """δ ← P(δ + update(g)); g = E∇δ ℓ, averaged across processes. ``target``: the pool (m,C,H,W) with
+        g of the same shape (each member's rows: the gradient of its own images' share of the mean)."""
         if self.world > 1:
             dist.all_reduce(g)
             g /= self.world
@@ -306,6 +362,13 @@ class Trainer(Run):
             raise FloatingPointError("delta gradient")
         c = self.cfg
         with torch.no_grad():
+            if target is not None:                     # the pool: m members, each on its images' gradient
+                if c.delta_rule == "fgsm":
+                    target.add_(g.sign(), alpha=self.eps)
+                else:                                  # sgd: g·m is each member's mean over its own images
+                    target.add_(g, alpha=c.delta_lr / 255.0 * c.delta_pool)
+                target.clamp_(-self.eps, self.eps)
+                return
             if c.delta_rule == "fgsm":
                 self.delta.add_(g.sign(), alpha=self.eps)
             elif c.delta_rule == "sgd":
@@ -315,11 +378,66 @@ class Trainer(Run):
                 self.delta_opt.step()
             self.delta.copy_(project(self.delta, self.eps, "linf"))
 
+    # ---- the pool of universal perturbations ------------------------------------------------------
+    def _assign(self, B: int) -> torch.Tensor:
+        """(B,) the pool member each image of this step's minibatch carries: (b + step) mod m."""
+        return (torch.arange(B, device=self.device) + self.step_i) % self.cfg.delta_pool
+
+    def _weakest(self) -> int:
+        """The member of lowest last training loss (never-used members first)."""
+        if self.cfg.delta_pool == 1:
+            return 0
+        return int(torch.nan_to_num(self.pool_loss, nan=-math.inf).argmin())
+
+    def _candidates(self, epoch: int, i: int) -> torch.Tensor:
+        """(n,C,H,W) re-seed candidates at ±ε, the same on every rank (seeded by step, not rank)."""
+        c = self.cfg
+        g = torch.Generator().manual_seed(_step_seed(c.seed, epoch, i, 10_007))
+        n, shape = c.reseed_candidates, tuple(self.pool.shape[1:])
+        rand = (torch.randint(0, 2, (n, *shape), generator=g).float() * 2 - 1) * self.eps
+        if c.reseed_from == "random":
+            return rand
+        if self._bank is None:
+            from .attacks.bank import pattern_bank
+            self._bank = pattern_bank(shape, self.eps, random=0).patterns          # (M,C,H,W)
+        idx = torch.randint(0, len(self._bank), (n,), generator=g)
+        use_bank = torch.rand(n, generator=g) < 0.75                                  # 3 in 4 structured
+        return torch.where(use_bank[:, None, None, None], self._bank[idx], rand)
+
+    @torch.no_grad()
+    def _reseed(self, x, y, epoch: int, i: int) -> None:
+        """Score n candidates and the weakest member on one slice of the minibatch in one forward (no
+        backward); that member becomes the candidate of highest mean CE when that beats it."""
+        self.member = j = self._weakest()
+        target = self.delta if self.cfg.delta_pool == 1 else self.pool[j]          # (C,H,W) a view
+        cand = self._candidates(epoch, i).to(self.device)                           # (n,C,H,W)
+        allp = torch.cat([target.detach()[None], cand])                             # (n+1,C,H,W)
+        k = allp.shape[0]
+        s = max(1, x.shape[0] // k)
+        xs, ys = x[:s], y[:s]                                                        # (s,C,H,W), (s,)
+        batch = apply(xs[None].expand(k, *xs.shape).reshape(k * s, *xs.shape[1:]),
+                      allp[:, None].expand(k, s, *xs.shape[1:]).reshape(k * s, *xs.shape[1:]))
+        with self._bn_stats_kept():
+            logits = self._fwd(self.model, batch)                                   # (k·s, classes)
+        loss = F.cross_entropy(logits, ys.repeat(k), reduction="none").view(k, s).mean(1)   # (k,)
+        if self.world > 1:
+            dist.all_reduce(loss)
+        self.reseeds["proposed"] += 1
+        best = int(loss[1:].argmax()) + 1
+        if loss[best] > loss[0]:
+            self.reseeds["accepted"] += 1
+            target.copy_(allp[best])
+            self.pool_loss[j] = float(loss[best]) / max(1, self.world)
+            if self.delta_opt is not None:
+                self.delta_opt.state.clear()               # a fresh start: Adam's moments begin again
+
     # ---- one step per algorithm ------------------------------------------------------------------
     def _step(self, x, y, gen: torch.Generator, track: bool) -> dict:
         """One minibatch: x (B,C,H,W) float in [0,1], y (B,). Returns the history row's metrics."""
         c, net = self.cfg, self.net
         rec = {}
+        if c.algorithm in UNIVERSAL and c.delta_pool > 1:
+            return self._pool_step(x, y, track)
         if c.algorithm == "natural":
             logits = self._fwd(net, x)
             loss = F.cross_entropy(logits, y)
@@ -376,6 +494,56 @@ class Trainer(Run):
             if track and c.algorithm == "uat":
                 rec["acc_after"] = self._probe(x, y, self.delta.detach())   # θ_new, δ_new
             rec["delta_norm"] = norm_of(self.delta.detach()) * 255.0
+            self.pool_loss[0] = lv
+        return rec
+
+    def _pool_step(self, x, y, track: bool) -> dict:
+        """Alg. 3 / Alg. 4 with a pool of m δs: image b carries member (b + t) mod m; the same passes."""
+        c, net = self.cfg, self.net
+        a = self._assign(x.shape[0])                                             # (B,)
+        rec = {}
+        if c.algorithm == "uat":                                                 # Alg. 3
+            P = self.pool.detach().clone()                                       # (m,C,H,W)
+            logits = self._fwd(net, apply(x, P[a]))
+            loss = F.cross_entropy(logits, y)
+            self._weights_step(loss)
+            self.opt.step()
+            m = self.model                                                       # ∇ of every member at once
+            for p in m.parameters():
+                p.requires_grad_(False)
+            try:
+                with self._bn_stats_kept():
+                    Pg = P.requires_grad_(True)
+                    logits_new = self._fwd(m, apply(x, Pg[a]))
+                    g, = torch.autograd.grad(F.cross_entropy(logits_new, y), Pg)
+            finally:
+                for p in m.parameters():
+                    p.requires_grad_(True)
+            self.passes["backward"] += 1
+            self._ascend(g, self.pool)
+            rec["acc_before"] = _acc(logits_new.detach(), y)
+            if track:
+                rec["acc_after"] = self._probe(x, y, self.pool.detach()[a])
+        else:                                                                    # Alg. 4: one backward
+            P = self.pool.detach().clone().requires_grad_(True)
+            logits = self._fwd(net, apply(x, P[a]))
+            loss = F.cross_entropy(logits, y)
+            self._weights_step(loss)
+            self._ascend(P.grad, self.pool)
+            rec["acc_before"] = _acc(logits.detach(), y)
+            if track:
+                rec["acc_after"] = self._probe(x, y, self.pool.detach()[a])
+            self.opt.step()
+        lv = loss.item()
+        if not math.isfinite(lv):
+            raise FloatingPointError("loss")
+        with torch.no_grad():                                                    # each member's loss (free)
+            per = F.cross_entropy(logits.detach(), y, reduction="none")
+            tot = torch.zeros(c.delta_pool, device=per.device).index_add_(0, a, per)
+            cnt = torch.zeros(c.delta_pool, device=per.device).index_add_(0, a, torch.ones_like(per))
+            used = cnt > 0
+            self.pool_loss[used.cpu()] = (tot[used] / cnt[used]).cpu()
+        rec.update(loss=lv, acc=_acc(logits.detach(), y), delta_norm=norm_of(self.pool.detach()) * 255.0)
         return rec
 
     # ---- the loop ----------------------------------------------------------------------------------
@@ -408,7 +576,7 @@ class Trainer(Run):
         return self._stop
 
     def _finite_state(self) -> bool:
-        return bool(torch.isfinite(self.delta).all()) and all(bool(torch.isfinite(p).all())
+        return bool(torch.isfinite(self.pool).all()) and all(bool(torch.isfinite(p).all())
                                                               for p in self.model.parameters())
 
     def _save(self) -> None:
@@ -422,7 +590,7 @@ class Trainer(Run):
     def _rank_spread(self) -> dict:
         """Max |difference| across ranks of δ and of the weights (0 when DDP keeps them in sync)."""
         out = {}
-        for name, t in (("delta", self.delta.detach().flatten()),
+        for name, t in (("delta", self.pool.detach().flatten()),
                         ("weights", torch.cat([p.detach().flatten() for p in self.model.parameters()]))):
             if dist.get_backend() != "nccl":
                 t = t.cpu()
@@ -444,6 +612,8 @@ class Trainer(Run):
                 x, y, gen = self._batch(order, epoch, i)
                 track = c.algorithm in UNIVERSAL and c.track_every > 0 and (self.step_i + 1) % c.track_every == 0
                 try:
+                    if c.algorithm in UNIVERSAL and c.reseed_every and (self.step_i + 1) % c.reseed_every == 0:
+                        self._reseed(x, y, epoch, i)
                     rec = self._step(x, y, gen, track)
                 except FloatingPointError as e:
                     raise UATError(f"training diverged (the {e} became NaN or Inf) at step {self.step_i + 1}: "
@@ -474,7 +644,10 @@ class Trainer(Run):
         if self.world > 1:
             self.rank_spread = self._rank_spread()
         self.model.eval()
-        delta = self.delta.detach().cpu().clone() if c.algorithm in UNIVERSAL else None
+        delta = None
+        if c.algorithm in UNIVERSAL:               # the member of highest last training loss (m = 1: δ)
+            j = 0 if torch.isnan(self.pool_loss).all() else int(torch.nan_to_num(self.pool_loss, nan=-1.0).argmax())
+            delta = self.pool[j].detach().cpu().clone()
         self.result = TrainResult(self.model, delta, self.history, self.seconds, self.step_i, self.epoch_i,
                                   dict(self.passes), self.step_i < self.total, self.rank_spread)
         yield Event("done", self.step_i, self.total, self.epoch_i, {}, delta, self.result)

@@ -9,7 +9,8 @@ Each build trains through the CLI into ``runs/zoo/<name>`` (checkpoint every epo
 build resumes where it stopped), copies the weights to ``assets/models/<name>.pt``, builds the default
 universal perturbation against it with the strong attack (``attacks/strong.py``; β = 9, 10 epochs) as
 ``<name>.delta.pt``, measures the best fixed bank pattern beside it and records everything in
-``assets/models/manifest.json``. ``reattack`` rebuilds the shipped perturbations of existing models. The app and the notebooks load models by name from here.
+``assets/models/manifest.json``. ``reattack`` rebuilds the shipped perturbations of existing models. The
+app and the notebooks load models by name from here.
 """
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ RECIPES = {
             "fgsm": ["--algorithm", "fgsm", "--fgsm-random-start", "--epochs", "8"],
             "pgd": ["--algorithm", "pgd", "--pgd-steps", "5", "--epochs", "8"],
             "uadam": ["--algorithm", "uat", "--delta-rule", "adam", "--delta-lr", "4", "--epochs", "8"],
+            # the paper's Alg. 3 / 4 with a pool of 4 universal δs in the same passes (training.py)
+            "uat_pool": ["--algorithm", "uat", "--delta-pool", "4", "--epochs", "8"],
+            "lowcost_pool": ["--algorithm", "lowcost", "--delta-pool", "4", "--epochs", "8"],
         },
     },
     # CIFAR-10: the recipes for one GPU (an H200 trains each in a minute or two; on a 2-core CPU the natural
@@ -63,6 +67,8 @@ RECIPES = {
             "uadam": ["--algorithm", "uat", "--delta-rule", "adam", "--delta-lr", "1", *_GPU40],
             "pgd": ["--algorithm", "pgd", "--pgd-steps", "7", "--epochs", "10", "--batch-size", "512",
                     "--schedule", "onecycle", "--lr", "0.4"],
+            "uat_pool": ["--algorithm", "uat", "--delta-pool", "4", *_GPU40],
+            "lowcost_pool": ["--algorithm", "lowcost", "--delta-pool", "4", *_GPU40],
         },
         # Without a GPU: each model in under about 45 minutes on a 2-core CPU (fewer epochs, PGD with K = 2).
         "cpu_models": {
@@ -72,6 +78,12 @@ RECIPES = {
             "fgsm": ["--algorithm", "fgsm", "--fgsm-random-start", "--epochs", "4", *_CPU],
             "uadam": ["--algorithm", "uat", "--delta-rule", "adam", "--delta-lr", "1", "--epochs", "4", *_CPU],
             "pgd": ["--algorithm", "pgd", "--pgd-steps", "2", "--epochs", "2", *_CPU],
+            # fine-tuned from the shipped plain models (a CPU cannot train 40 epochs in a session)
+            "uat_pool": ["--algorithm", "uat", "--delta-pool", "4", "--init-weights", "cifar10_resnet20_uat",
+                         "--epochs", "4", "--schedule", "cosine", "--lr", "0.05", "--no-report"],
+            "lowcost_pool": ["--algorithm", "lowcost", "--delta-pool", "4", "--init-weights",
+                             "cifar10_resnet20_lowcost", "--epochs", "4", "--schedule", "cosine", "--lr", "0.05",
+                             "--no-report"],
         },
     },
 }
@@ -170,7 +182,8 @@ def _train(dataset: str, algo: str, data_root: str | None, extra: list[str], dev
     name = zoo_name(dataset, algo)
     out = RUNS / name
     cmd = [sys.executable, "-m", "uat_core", "train", "--dataset", dataset, "--model", rec["model"],
-           "--eps", str(rec["eps"]), "--out", str(out.relative_to(ROOT)), "--report-attack-size", str(rec["attack_size"]),
+           "--eps", str(rec["eps"]), "--out", str(out.relative_to(ROOT)),
+           "--report-attack-size", str(rec["attack_size"]),
            "--seed", "0", *recipe(dataset, algo, dev), *extra]
     if data_root:
         cmd += ["--data-root", data_root]
@@ -216,7 +229,11 @@ def build(dataset: str, only: list[str] | None = None, data_root: str | None = N
         man = read_manifest()
         man["models"][name] = {
             "file": dst.name, "sha256": sha256(dst), "arch": meta["arch"], "dataset": dataset,
-            "algorithm": algo, "delta_rule": meta["training"].get("delta_rule"), "eps": rec["eps"],
+            "algorithm": algo, "trained_with": meta["training"].get("algorithm", algo),
+            "delta_rule": meta["training"].get("delta_rule"), "eps": rec["eps"],
+            "delta_pool": meta["training"].get("delta_pool", 1),
+            "reseed_every": meta["training"].get("reseed_every", 0),
+            "fine_tuned_from": meta["training"].get("init_weights"),
             "epochs": metrics["epochs"], "train_size": metrics["train_size"],
             "clean_top1": metrics["clean_top1"], "robust_top1": metrics.get("robust_top1"),
             "train_seconds": round(metrics["seconds"], 1), "passes": metrics.get("passes"),

@@ -31,7 +31,7 @@ from uat_core.data import ImageData
 from uat_core.errors import UATError
 from uat_core.evaluation import evaluate, predict
 from uat_core.pipeline import make_attack, make_trainer
-from uat_core.training import default_config_for
+from uat_core.training import default_config_for, resolve_variant
 
 Gen = Generator[None, None, Any]
 
@@ -355,17 +355,19 @@ def uat_job(job: Job, arch: str, train: ImageData, test: ImageData, s: dict, dev
     for i, algo in enumerate(algos):
         if job.stopping:
             break
-        cfg = default_config_for(train.name, arch, algorithm=algo, epochs=s["epochs"], eps=s["eps"],
-                                 delta_rule=s["delta_rule"], seed=s["seed"], snapshot_every=5, track_every=5)
+        base, extra = resolve_variant(algo)          # "uat_pool": Alg. 3 with a pool of δs
+        rule = s["delta_rule"] if not (extra.get("delta_pool", 1) > 1 and s["delta_rule"] == "adam") else "fgsm"
+        cfg = default_config_for(train.name, arch, algorithm=base, epochs=s["epochs"], eps=s["eps"],
+                                 delta_rule=rule, seed=s["seed"], snapshot_every=5, track_every=5, **extra)
         trainer = make_trainer(arch, data, cfg, device)
         hist[algo] = trainer.history
         job.state["phase"] = f"training {algo} ({i + 1} of {len(algos)})"
         job.state["training"] = algo
 
-        def on_step(ev, i=i, trainer=trainer, algo=algo):
+        def on_step(ev, i=i, trainer=trainer, algo=algo, base=base):
             job.state["progress"] = (i + ev.step / max(1, trainer.total)) / n_units
-            if algo in ("uat", "lowcost"):
-                train_deltas[algo] = trainer.delta.detach()
+            if base in ("uat", "lowcost"):
+                train_deltas[algo] = trainer.pool[0].detach()
 
         res, secs = yield from drive(job, trainer, on_step)
         models[algo] = res.model.eval()

@@ -33,10 +33,12 @@ INF = math.inf
 OPTIMIZERS = ("sgd", "msgd", "pgd", "adam")
 OPT_LABEL = {"sgd": "SGD", "msgd": "MSGD", "pgd": "PGD (sign)", "adam": "ADAM"}
 ALGO_LABEL = {"natural": "natural", "uat": "uFGSM (Alg. 3)", "lowcost": "low-cost uFGSM (Alg. 4)",
+              "uat_pool": "uFGSM + pool of 4 δ (Alg. 3)", "lowcost_pool": "low-cost + pool of 4 δ (Alg. 4)",
               "fgsm": "FGSM adv. training", "pgd": "PGD adv. training", "uadam": "uADAM (Alg. 3, ADAM on δ)"}
-ALGO_ORDER = ["natural", "uat", "lowcost", "fgsm", "pgd", "uadam"]
-ALGO_SHORT = {"natural": "natural", "uat": "uFGSM", "lowcost": "low-cost", "fgsm": "FGSM", "pgd": "PGD",
-              "uadam": "uADAM"}
+ALGO_ORDER = ["natural", "uat", "lowcost", "uat_pool", "lowcost_pool", "fgsm", "pgd", "uadam"]
+ALGO_SHORT = {"natural": "natural", "uat": "uFGSM", "lowcost": "low-cost", "uat_pool": "uFGSM pool",
+              "lowcost_pool": "low-cost pool", "fgsm": "FGSM", "pgd": "PGD", "uadam": "uADAM"}
+UNIVERSAL_ALGOS = ("uat", "lowcost", "uat_pool", "lowcost_pool", "uadam")   # those that carry a universal δ
 BETAS = [float(b) for b in range(1, 21)] + [INF]
 
 
@@ -58,7 +60,8 @@ def defaults(page: str, ds: str) -> dict:
     if page == "race":
         return {**base, "epochs": _per(ds, 5, 5), "attack_size": _per(ds, 500, 1000), "beta": 9.0, "seed": 0}
     if page == "uat":
-        return {"eps": d["eps"], "test_size": d["test_size"], "algorithms": ["natural", "uat", "lowcost"],
+        return {"eps": d["eps"], "test_size": d["test_size"],
+                "algorithms": ["natural", "uat", "lowcost", "uat_pool", "lowcost_pool"],
                 "epochs": _per(ds, 8, 1), "train_size": _per(ds, 1297, 5000), "delta_rule": "fgsm",
                 "attack_size": _per(ds, 500, 1000), "attack_epochs": _per(ds, 5, 3), "seed": 0}
     if page == "idf":

@@ -83,15 +83,15 @@ def _deepfool(model, x, norm, candidates, max_iter, overshoot, batched=None):
         if norm == "l2":
             wn = w.norm(dim=2).clamp_min(1e-12)
             dist = fp / wn
-            l = dist.argmin(1)
-            wl = w[torch.arange(len(l)), l]                     # (b,D)
-            r = (dist.gather(1, l[:, None]) + 1e-4) * wl / wn.gather(1, l[:, None])
+            k = dist.argmin(1)
+            wl = w[torch.arange(len(k)), k]                     # (b,D)
+            r = (dist.gather(1, k[:, None]) + 1e-4) * wl / wn.gather(1, k[:, None])
         else:
             wn = w.abs().sum(2).clamp_min(1e-12)
             dist = fp / wn
-            l = dist.argmin(1)
-            wl = w[torch.arange(len(l)), l]
-            r = (dist.gather(1, l[:, None]) + 1e-4) * wl.sign()
+            k = dist.argmin(1)
+            wl = w[torch.arange(len(k)), k]
+            r = (dist.gather(1, k[:, None]) + 1e-4) * wl.sign()
         r = r.view(-1, *x.shape[1:]).detach()
         keep = ~flipped                                         # only images not yet fooled move
         r_tot[idx[keep]] += r[keep]

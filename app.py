@@ -79,10 +79,12 @@ nav = st.navigation({
 with st.sidebar:
     options = state.available_datasets()
     default = state.default_dataset()
+    # shown as their plain names: a bound widget puts what it shows into the URL, so ?dataset=digits works
     st.selectbox("Dataset", options, index=options.index(default) if default in options else 0,
-                 format_func=lambda d: {"digits": "Digits (offline, 1×32×32)", "cifar10": "CIFAR-10 (3×32×32)"}[d],
                  key="dataset", bind="query-params", persist_state="session", on_change=_reset_page_settings,
-                 help="CIFAR-10 appears when its data is on this machine (UAT_DATA or --data-root).")
+                 help="digits: scikit-learn's 8×8 digits upscaled to 1×32×32 (offline). cifar10: 3×32×32, appears "
+                      "when its data is on this machine (UAT_DATA or --data-root). A link with ?dataset=digits or "
+                      "?dataset=cifar10 opens that dataset.")
     if "cifar10" not in options:
         st.caption("CIFAR-10 not found: digits only. Set `UAT_DATA` to a CIFAR-10 copy to add it.")
 

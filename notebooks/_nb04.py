@@ -149,7 +149,7 @@ def cells():
         """),
         code(r"""
         t0 = time.perf_counter()
-        TRADE = [a for a in ("natural", "lowcost", "uat") if a in ZOO]
+        TRADE = [a for a in ("natural", "lowcost", "uat", "lowcost_pool", "uat_pool") if a in ZOO]
         zoo_models = {algo: zoo.load_zoo_model(ZOO[algo])[0] for algo in TRADE}
         bars = go.FigureWidget(plots.robustness_bars([], title="Clean vs a fresh universal attack"))
         display(bars)
@@ -178,6 +178,12 @@ def cells():
         δ carried through training, the network learns to ignore that δ, and on CIFAR-10 a fixed stripe pattern
         that training never saw takes many points from both (`docs/results.md`). The paper's 1.7-point gap for
         uFGSM was measured with Alg. 2 from δ = 0 only.
+
+        `lowcost_pool` and `uat_pool` are the same algorithms with a **pool of 4 universal perturbations**
+        (notebook 3, section 4b): image $b$ of minibatch $t$ carries member $(b + t) \bmod 4$, and the single
+        backward of Alg. 4 hands every member the gradient of its own images. It is still one forward and one
+        backward per step, so the low-cost point moves *up* in the chart, not right: the network now has to
+        resist four different universal perturbations at once instead of learning to ignore one.
 
         ### Try it yourself
 

@@ -269,6 +269,23 @@ def test_shared_link_reproduces_the_settings():
     assert at.select_slider(key="lab_beta").value == math.inf
 
 
+@pytest.mark.parametrize("ds", ["digits", "cifar10"])
+def test_a_dataset_link_opens_that_dataset(ds, monkeypatch):
+    """?dataset=digits (or cifar10) opens that dataset, also when the other one is the default."""
+    from conftest import CIFAR_ROOT
+    from webapp.state import available_datasets, default_dataset
+    if not CIFAR_ROOT.is_dir():
+        pytest.skip("needs the CIFAR-10 copy (both datasets offered)")
+    monkeypatch.setenv("UAT_DATA", str(CIFAR_ROOT))
+    assert available_datasets() == ["cifar10", "digits"]
+    at = open_page("home", params={"dataset": ds})
+    assert at.selectbox(key="dataset").value == ds
+    at.switch_page("pages/attack_lab.py").run()
+    assert at.session_state["dataset"] == ds and not at.exception
+    if ds != default_dataset():
+        assert open_page("home").selectbox(key="dataset").value == default_dataset()   # no link: the default
+
+
 def test_settings_survive_a_page_switch():
     at = open_page("attack_lab")
     at.slider(key="lab_eps").set_value(12).run()

@@ -354,6 +354,44 @@ def test_uploaded_checkpoint_is_the_model_attacked(eng):
     assert latest(at, "lab")["key"].split("|")[2].startswith("upload:")
 
 
+def test_an_upload_naming_a_huge_architecture_is_refused_without_building_it(monkeypatch):
+    """A 1 KB file that names a large model: refused from its metadata; the refusal is cached per file hash."""
+    from uat_core import checkpoint
+    built, reads = [], []
+    real_build, real_read = checkpoint.build_model, checkpoint.read_checkpoint
+    monkeypatch.setattr(checkpoint, "build_model",
+                        lambda *a, **k: built.append(torch.empty(0).device.type) or real_build(*a, **k))
+    monkeypatch.setattr(checkpoint, "read_checkpoint", lambda p: reads.append(p) or real_read(p))
+    buf = io.BytesIO()
+    meta = {"arch": "wrn32_10", "dataset": "digits", "classes": [str(i) for i in range(10)], "num_classes": 10,
+            "in_channels": 1, "image_size": 32, "mean": [0.5], "std": [0.25]}
+    torch.save({"format": "uat-lab/model", "version": 1, "meta": meta, "state_dict": {}}, buf)
+    at = open_page("attack_lab")
+    _upload(at, "tiny.pt", buf.getvalue())
+    assert any("weights do not fit a wrn32_10" in e.value for e in at.error), [e.value for e in at.error]
+    assert built == ["meta"]                            # only the shape-only shell on the meta device
+    n = len(reads)
+    at.run()                                            # a rerun with the same file: the cached refusal
+    assert len(reads) == n and any("weights do not fit" in e.value for e in at.error)
+
+
+def test_metadata_and_parameter_cap_are_checked_before_any_model_is_built():
+    from uat_core.checkpoint import check_meta, check_weights_fit
+    from uat_core.errors import UATError
+    ok = {"arch": "smallcnn", "dataset": "digits", "num_classes": 10, "in_channels": 1, "image_size": 32,
+          "mean": [0.5], "std": [0.25], "classes": [str(i) for i in range(10)]}
+    assert check_meta(dict(ok)) == ok
+    for bad, word in (({"num_classes": "10"}, "num_classes"), ({"in_channels": 0}, "in_channels"),
+                      ({"image_size": 10 ** 6}, "image_size"), ({"mean": [0.5, 0.5]}, "mean"),
+                      ({"std": [0.0]}, "std"), ({"classes": ["a"]}, "classes"), ({"arch": "vgg"}, "unknown model"),
+                      ({"arch": ["smallcnn"]}, "arch")):
+        with pytest.raises(UATError, match=word):
+            check_meta({**ok, **bad})
+    big = {**ok, "arch": "wrn32_10", "in_channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
+    with pytest.raises(UATError, match=r"46\.\d M parameters; at most 10 M"):
+        check_weights_fit(big, {}, max_params=10_000_000)
+
+
 def test_upload_cap_is_configured():
     from webapp.state import MAX_UPLOAD_MB
     cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())

@@ -10,6 +10,7 @@ A checkpoint is a plain dict of tensors, strings and numbers, so it loads with
 """
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -64,11 +65,65 @@ def read_checkpoint(path) -> dict:
     return obj
 
 
-def load_checkpoint(path, expect: dict | None = None, device="cpu") -> tuple[Normalized, dict]:
+def check_meta(meta: dict, path="the checkpoint") -> dict:
+    """Types and ranges of the metadata, before anything is built from it (one-line UATError)."""
+    from .models import check_arch
+
+    def bad(what):
+        raise UATError(f"{path}: its metadata is not valid ({what})")
+    if not isinstance(meta.get("arch"), str) or len(meta["arch"]) > 100:
+        bad("arch must be a short string")
+    check_arch(meta["arch"])
+    for k, hi in (("num_classes", 100_000), ("in_channels", 64), ("image_size", 4096)):
+        v = meta.get(k, 32 if k == "image_size" else None)
+        if not isinstance(v, int) or isinstance(v, bool) or not (1 <= v <= hi):
+            bad(f"{k} must be an integer in [1, {hi}], got {v!r}")
+    C = meta["in_channels"]
+    for k in ("mean", "std"):
+        v = meta.get(k)
+        if not isinstance(v, (list, tuple)) or len(v) not in (1, C) or \
+                not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v):
+            bad(f"{k} must be 1 or {C} finite numbers")
+    if any(x <= 0 for x in meta["std"]):
+        bad("std must be > 0")
+    classes = meta.get("classes")
+    if classes is not None and (not isinstance(classes, (list, tuple)) or len(classes) != meta["num_classes"]
+                                or not all(isinstance(c, str) and len(c) <= 200 for c in classes)):
+        bad(f"classes must be {meta['num_classes']} names")
+    if not isinstance(meta.get("dataset"), str) or len(meta["dataset"]) > 300:
+        bad("dataset must be a string")
+    return meta
+
+
+def check_weights_fit(meta: dict, state_dict: dict, max_params: int | None = None, path="the checkpoint") -> int:
+    """Build the named architecture on PyTorch's "meta" device (shapes only, no memory), refuse it above
+    ``max_params`` parameters, and check every weight of ``state_dict`` has its name and shape. Returns the
+    parameter count."""
+    with torch.device("meta"):
+        shell = build_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"])
+    n = sum(p.numel() for p in shell.parameters())
+    if max_params is not None and n > max_params:
+        raise UATError(f"{path}: a {meta['arch']} model has {n / 1e6:.1f} M parameters; at most "
+                       f"{max_params / 1e6:.0f} M are accepted here")
+    want = {k: tuple(v.shape) for k, v in shell.net.state_dict().items()}
+    have = _strip(state_dict)
+    missing = [k for k in want if k not in have]
+    extra = [k for k in have if k not in want]
+    wrong = [k for k in want if k in have and (not isinstance(have[k], torch.Tensor) or tuple(have[k].shape) != want[k])]
+    if missing or extra or wrong:
+        k = (missing or extra or wrong)[0]
+        what = "is missing" if missing else ("is not part of the model" if extra else "has another shape")
+        raise UATError(f"{path}: weights do not fit a {meta['arch']} model ('{k}' {what})")
+    return n
+
+
+def load_checkpoint(path, expect: dict | None = None, device="cpu",
+                    max_params: int | None = None) -> tuple[Normalized, dict]:
     """(model in eval mode, meta). ``expect`` may hold ``shape`` (C,H,W) and ``num_classes`` to check
-    the checkpoint fits the dataset, and ``arch`` to check the architecture."""
+    the checkpoint fits the dataset, and ``arch`` to check the architecture. The metadata and the weights'
+    names and shapes are checked before the model is built (``max_params``: refuse larger architectures)."""
     obj = read_checkpoint(path)
-    meta = obj["meta"]
+    meta = check_meta(obj["meta"], path)
     if expect:
         if "arch" in expect and expect["arch"] != meta["arch"]:
             raise UATError(f"{path} holds a {meta['arch']} model, not {expect['arch']}")
@@ -78,6 +133,7 @@ def load_checkpoint(path, expect: dict | None = None, device="cpu") -> tuple[Nor
         if "shape" in expect and expect["shape"][0] != meta["in_channels"]:
             raise UATError(f"{path} takes {meta['in_channels']}-channel images ({meta['dataset']}), "
                            f"but the data has {expect['shape'][0]} channels")
+    check_weights_fit(meta, obj["state_dict"], max_params, path)
     model = build_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"])
     try:
         model.net.load_state_dict(_strip(obj["state_dict"]))

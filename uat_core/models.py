@@ -175,21 +175,33 @@ def frozen(model: nn.Module):
     """Context manager: eval mode and requires_grad off for every weight, restored on exit.
 
     An attack needs only ∂loss/∂δ; with the weights frozen autograd skips every weight-gradient
-    kernel, which is most of the cost of a backward pass.
+    kernel, which is most of the cost of a backward pass. A model that is already frozen (eval mode, no
+    weight requiring a gradient: the app's models shared between sessions are frozen once at load) is not
+    touched at all, so concurrent attacks on one shared model never toggle its flags under each other.
     """
     import contextlib
 
     @contextlib.contextmanager
     def ctx():
         was_training = model.training
-        flags = [p.requires_grad for p in model.parameters()]
-        model.eval()
-        for p in model.parameters():
+        changed = [p for p in model.parameters() if p.requires_grad]
+        if was_training:
+            model.eval()
+        for p in changed:
             p.requires_grad_(False)
         try:
             yield model
         finally:
-            for p, f in zip(model.parameters(), flags):
-                p.requires_grad_(f)
-            model.train(was_training)
+            for p in changed:
+                p.requires_grad_(True)
+            if was_training:
+                model.train(True)
     return ctx()
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no weight gradients, for good (a model shared read-only between users)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

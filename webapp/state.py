@@ -94,8 +94,9 @@ def zoo(ds: str) -> dict[str, dict]:
 @st.cache_resource(show_spinner="Loading the model …", max_entries=16)
 def _zoo_model(name: str, sha: str):
     from uat_core.zoo import load_zoo_model
+    from uat_core.models import freeze
     model, meta = load_zoo_model(name, device=device())
-    return model.eval(), meta
+    return freeze(model), meta                  # shared by every session: frozen once, never toggled
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -140,30 +141,54 @@ def add_session_model(ds: str, name: str, model, label: str) -> None:
 
 def load_upload(data: bytes, ds: str) -> Picked:
     """Check and load an uploaded checkpoint of ours (weights only: nothing in it is unpickled as code)."""
-    from uat_core.checkpoint import load_checkpoint
     if len(data) > MAX_UPLOAD_MB * 2 ** 20:
         raise UATError(f"the file is {len(data) / 2 ** 20:.0f} MB; uploads are capped at {MAX_UPLOAD_MB} MB")
     sha = hashlib.sha256(data).hexdigest()
     cache = st.session_state.setdefault("_uploads", {})
     if sha in cache:
         return cache[sha]
+    refused = _REFUSED.get((sha, ds))
+    if refused is not None:                           # the same file again (every rerun): no second look
+        raise UATError(refused)
+    try:
+        picked = _check_and_load(data, sha, ds)
+    except UATError as e:
+        _REFUSED[(sha, ds)] = str(e)
+        raise
+    cache.clear()                       # keep one uploaded model per session
+    cache[sha] = picked
+    return picked
+
+
+MAX_UPLOAD_PARAMS = 60_000_000      # the largest architecture an upload may name (WRN 32-10 has 46 M)
+_REFUSED: dict[tuple[str, str], str] = {}    # (sha256, dataset) -> the one-line refusal, process-wide
+
+
+def _check_and_load(data: bytes, sha: str, ds: str) -> Picked:
+    """Metadata first (types, architecture, parameter count on the meta device, channels, image size), then
+    the model is built: a small file naming a huge architecture is refused without allocating it."""
+    from uat_core.checkpoint import check_meta, check_weights_fit, load_checkpoint, read_checkpoint
     info = ds_info(ds)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "upload.pt"
         path.write_bytes(data)
         try:
+            obj = read_checkpoint(path)
+            meta = check_meta(obj["meta"], path)
+            if meta["num_classes"] != info["num_classes"] or meta["in_channels"] != info["shape"][0] \
+                    or meta.get("dataset") != ds or int(meta.get("image_size", 0)) != info["shape"][1]:
+                size = meta.get("image_size")
+                raise UATError(f"the uploaded model takes {meta['in_channels']}-channel {size}×{size} images with "
+                               f"{meta['num_classes']} classes ({meta.get('dataset')}), but the app is showing {ds}: "
+                               "switch the dataset in the sidebar or upload a model for this dataset")
+            check_weights_fit(meta, obj["state_dict"], MAX_UPLOAD_PARAMS, path)
             model, meta = load_checkpoint(path, expect={"num_classes": info["num_classes"], "shape": info["shape"]},
-                                          device=device())
+                                          device=device(), max_params=MAX_UPLOAD_PARAMS)
         except UATError as e:
             raise UATError(f"{str(e).replace(str(path), 'the uploaded file')} (the app is showing {ds})") from None
-    if meta.get("dataset") != ds or int(meta.get("image_size", 0)) != info["shape"][1]:
-        raise UATError(f"the uploaded model was trained on {meta.get('dataset')} "
-                       f"({meta.get('image_size')}x{meta.get('image_size')} images), but the app is showing {ds}: "
-                       "switch the dataset in the sidebar or upload a model for this dataset")
-    picked = Picked(model.eval(), f"upload:{sha[:12]}", f"uploaded {meta['arch']} ({sha[:8]})", True)
-    cache.clear()                       # keep one uploaded model per session
-    cache[sha] = picked
-    return picked
+    for p in model.parameters():        # frozen once at load: no code path toggles it per call
+        p.requires_grad_(False)
+    return Picked(model.eval(), f"upload:{sha[:12]}", f"uploaded {meta['arch']} ({sha[:8]})", True)
 
 
 def ds_info(ds: str) -> dict:

@@ -109,7 +109,8 @@ def check_weights_fit(meta: dict, state_dict: dict, max_params: int | None = Non
     have = _strip(state_dict)
     missing = [k for k in want if k not in have]
     extra = [k for k in have if k not in want]
-    wrong = [k for k in want if k in have and (not isinstance(have[k], torch.Tensor) or tuple(have[k].shape) != want[k])]
+    wrong = [k for k in want
+             if k in have and (not isinstance(have[k], torch.Tensor) or tuple(have[k].shape) != want[k])]
     if missing or extra or wrong:
         k = (missing or extra or wrong)[0]
         what = "is missing" if missing else ("is not part of the model" if extra else "has another shape")

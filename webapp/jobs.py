@@ -51,6 +51,9 @@ class Job:
         self.compute_seconds = 0.0           # time spent inside engine steps
         self.started = time.time()
         self.on_done = on_done
+        self.scheduler = None                # a webapp.scheduler.Scheduler: wait for a slot before advancing
+        self.queued = False                  # waiting for a slot right now
+        self.started_computing = False
         self._gen = gen_fn(self, *args, **kwargs)
         self._lock = threading.Lock()
 
@@ -68,6 +71,23 @@ class Job:
             self._lock.release()
 
     def _pump(self, budget: float) -> int:
+        if self.scheduler is not None and not self.done:
+            if self.stopping and not self.started_computing:       # stopped while waiting: nothing to show
+                self.scheduler.release(self)
+                self.done, self.queued, self.current = True, False, None
+                self.state["phase"] = "stopped before it started"
+                return 0
+            if not self.scheduler.admit(self):
+                self.queued = True
+                pos, wait = self.scheduler.position(self), self.scheduler.estimated_wait(self)
+                self.state.update(queue_position=pos, queue_wait=wait,
+                                  phase=f"waiting for a free slot: number {pos} in the queue, about {wait:.0f} s")
+                return 0
+            if self.queued:
+                self.queued = False
+                self.state.pop("queue_position", None)
+                self.state["phase"] = "starting"
+        self.started_computing = True
         t0, n = time.perf_counter(), 0
         while not self.done:
             try:
@@ -102,6 +122,8 @@ class Job:
         return float(self.state.get("progress", 0.0))
 
     def _finish(self, result) -> None:
+        if self.scheduler is not None:
+            self.scheduler.release(self)
         self.done, self.result, self.current = True, result, None
         self.state["progress"] = 1.0
         self.state["phase"] = "stopped" if self.stopping else ("failed" if self.error else "done")

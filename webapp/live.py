@@ -24,6 +24,7 @@ from uat_core.errors import UATError
 
 from . import state, ui
 from .jobs import Job
+from .scheduler import SCHEDULER
 
 CHUNK = 0.4          # seconds of work per fragment run
 EVERY = 0.5          # seconds between fragment runs while a job runs
@@ -48,17 +49,26 @@ def running(slot: str) -> bool:
 
 
 def _start(slot: str, make: Callable[[], Job]) -> None:
+    if running(slot):                        # a second click before the button was redrawn: one job per page
+        return
     st.session_state.pop(f"_err_{slot}", None)
     try:
-        jobs()[slot] = make()
+        job = make()
     except UATError as e:
         st.session_state[f"_err_{slot}"] = str(e)
+        return
+    if not sync_mode():                      # the process-wide queue (tests run jobs to the end at once)
+        job.scheduler = SCHEDULER
+        job.pump(0.0)                        # joins the queue now: the position shows from the first draw
+    jobs()[slot] = job
 
 
 def _stop(slot: str) -> None:
     job = get(slot)
     if job is not None:
         job.stop()
+        if job.queued:                       # still waiting for a slot: leave the queue at once
+            job.pump(0.0)
 
 
 def controls(slot: str, make: Callable[[], Job], label: str = "Run", disabled: bool = False,
@@ -98,10 +108,15 @@ def panel(slot: str, draw: Callable[[Job], None]) -> Job | None:
             if j.stopping:
                 note.info("Stopping: the current step finishes, then the partial δ is measured on the test "
                           "images …", icon=":material/stop_circle:")
-            elif j.progress == 0:
+            elif j.progress == 0 and not j.queued:
                 note.progress(0.0, text="Starting …")
             j.pump(math.inf if sync else CHUNK)
             note.empty()
+            if j.queued:
+                st.info(f"The server is busy: your run is **number {j.state.get('queue_position', '?')}** in "
+                        f"the queue, about **{j.state.get('queue_wait', 0):.0f} s** to wait. It starts by "
+                        "itself; Stop cancels it.", icon=":material/hourglass_top:")
+                return
         if j.done and not getattr(j, "_finished", False):
             j._finished = True
             if j.error:

@@ -36,7 +36,11 @@ extra = sb.toggle("Add the δ of my last attack-lab run as a row", False, disabl
                   help="Run an attack in the attack lab first." if not lab_ok else None, key=f"{PAGE}_extra")
 chosen = [a for a in zoo if a in chosen]
 entries = [zoo[a] for a in chosen]
-tag = S.zoo_set_tag(entries) + (f"+lab:{abs(hash(latest_lab['key'])) % 10 ** 10}" if extra and lab_ok else "")
+with_lab = extra and lab_ok
+# The lab δ is this session's own (possibly from a stopped run): name it by its content and its state, and
+# keep a matrix that uses it in this session only, so no other visitor is shown it as a finished result.
+tag = S.zoo_set_tag(entries) + (f"+lab:{state.tensor_tag(latest_lab['result']['delta'])}"
+                                f"{'' if latest_lab.get('complete', True) else ':stopped'}" if with_lab else "")
 s = {**d, "models": chosen}
 key = S.key(PAGE, ds, tag, s)
 default_key = S.key(PAGE, ds, S.zoo_set_tag([zoo[a] for a in with_delta]), {**d, "models": with_delta})
@@ -49,7 +53,7 @@ def make_job():
         deltas["my lab δ"] = latest_lab["result"]["delta"]
 
     def done(job, key=key, s=s):
-        state.remember(PAGE, key, s, job.result, private=False, complete=job.result["complete"])
+        state.remember(PAGE, key, s, job.result, private=with_lab, complete=job.result["complete"])
     return page_job(PAGE, s, train, test, models=models, deltas=deltas, device=state.device(), on_done=done)
 
 

@@ -250,6 +250,11 @@ def lookup(key: str):
     return precomputed(ds).get(key)
 
 
+def tensor_tag(t: torch.Tensor) -> str:
+    """12 hex digits of the sha256 of a tensor's bytes (names a δ by its content in a result key)."""
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:12]
+
+
 def remember(page: str, key: str, settings: dict, result, private: bool, complete: bool = True) -> None:
     """Store a finished result under its key (complete runs only) and as the page's latest result."""
     if complete:

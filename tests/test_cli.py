@@ -191,6 +191,20 @@ def test_nan_model_stops_the_attack_and_nothing_is_written(cli, tmp_path, bad_fi
     assert not out.exists()
 
 
+def test_a_folder_without_a_test_split_says_test_accuracy_is_on_the_attack_images(cli, tmp_path, bad_files,
+                                                                                   isolated_cache):
+    root = tmp_path / "tree"
+    for c in range(10):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (36, 36), (25 * c, 60 * i, 100)).save(root / f"class{c}" / f"{i}.png")
+    out = tmp_path / "out"
+    rc, _, err = cli(*quick_attack(bad_files["rgb"], out), "--dataset", f"imagefolder:{root}", "--image-size", "32")
+    assert rc == 0, err
+    assert "no separate train and test" in err and "same images the attack is built on" in err
+    assert json.loads((out / "metrics.json").read_text())["test_is_attack_set"] is True
+
+
 def test_out_below_an_existing_file_is_a_user_error(cli, tmp_path):
     blocker = tmp_path / "results.txt"
     blocker.write_text("not a folder\n")

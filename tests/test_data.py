@@ -195,6 +195,28 @@ def test_imagefolder_errors(tmp_path):
     assert "broken.jpg" in one_line_error(e)
 
 
+def test_imagefolder_16bit_pngs_resource_forks_and_bombs(tmp_path, capsys):
+    import numpy as np
+    root = tmp_path / "odd"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    grey16 = np.full((32, 32), 32768, np.uint16)                    # mid grey in 16 bits
+    grey16[:, 16:] = 65535
+    Image.fromarray(grey16).save(root / "a" / "g16.png")
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(root / "b" / "rgb.png")
+    (root / "b" / "._rgb.png").write_bytes(b"\x00\x05\x16\x07 resource fork")   # macOS metadata, not an image
+    (root / "b" / ".DS_Store").write_bytes(b"junk")
+    (root / "b" / "readme.txt").write_text("notes")
+    d = load_dataset(f"imagefolder:{root}", "train", image_size=32)
+    assert len(d) == 2 and d.labels.tolist() == [0, 1]
+    a = d.images[0]                                                  # (3, 32, 32): 16-bit scaled, not clipped
+    assert a[:, 5, 2].tolist() == [128, 128, 128] and a[:, 5, 28].tolist() == [255, 255, 255]
+    assert "skipped 3 file(s)" in capsys.readouterr().err
+    Image.new("1", (8000, 6000)).save(root / "a" / "bomb.png")       # 48 M pixels in a few KB
+    with pytest.raises(UATError, match=r"bomb.png is 8000×6000 pixels, above the 40 M pixel limit"):
+        load_dataset(f"imagefolder:{root}", "train", image_size=32)
+
+
 def test_unknown_names_and_splits():
     for bad in ("mnist", "imagenet", ""):
         with pytest.raises(UATError) as e:

@@ -269,6 +269,11 @@ def cmd_attack(args) -> int:
     # --- work
     train = _data(args, "train", info, limit=args.attack_size)
     test = _data(args, "test", info, limit=args.eval_size)
+    from .data import has_test_split
+    same_images = not has_test_split(args.dataset)
+    if same_images:
+        print(f"note: {args.dataset[12:]} has no separate train and test (or val) folders: the test accuracy "
+              "below is measured on the same images the attack is built on", file=sys.stderr)
     out = prepare_out_dir(args.out, outputs, args.force)              # only once the data loaded
     run = make_attack(model, train, method, device, **cfg)
     res = run.run(progress=not args.quiet, desc={"idf": "iDeepFool", "strong": "strong attack"}.get(method, "Alg. 2"))
@@ -289,7 +294,7 @@ def cmd_attack(args) -> int:
                "beats_best_fixed": beats, "seconds": res.seconds,
                "steps": res.steps, "attack_size": len(train), "eval_size": len(test),
                "dataset": args.dataset, "checkpoint": str(args.checkpoint), "model": meta["arch"],
-               "config": res.config, "history": res.history, "files": files}
+               "test_is_attack_set": same_images, "config": res.config, "history": res.history, "files": files}
     write_json(out / "metrics.json", metrics)
     print(f"clean top-1 {100 * m['clean_top1']:.1f}% -> perturbed top-1 {100 * m['perturbed_top1']:.1f}% "
           f"(fooling ratio {100 * m['fooling_ratio']:.1f}%, ε = {args.eps:g}/255, {res.seconds:.1f} s, "

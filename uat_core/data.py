@@ -46,6 +46,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+MAX_PIXELS = 40_000_000     # larger images are refused before decoding (decompression bombs)
 _CACHE_MIN_FILES = 1000   # smaller folders decode in well under a second: not worth a cache file
 _CACHE_VERSION = "1"      # bump when the decoded layout changes
 _PROGRESS_MIN_FILES = 300
@@ -332,6 +333,15 @@ def _imagefolder_split_dir(path: Path, split: str) -> Path:
     return path
 
 
+def has_test_split(name: str) -> bool:
+    """False for an ``imagefolder:`` tree without separate train and test (val) folders: its "test" images
+    are then the same images the attack is built on."""
+    if not name.startswith("imagefolder:"):
+        return True
+    path = _imagefolder_path(name)
+    return _imagefolder_split_dir(path, "train") != _imagefolder_split_dir(path, "test")
+
+
 def _class_names(split_dir: Path) -> list[str]:
     """Sorted names of the (non-hidden) class subfolders."""
     try:
@@ -344,17 +354,24 @@ def _list_images(split_dir: Path, classes: list[str]) -> tuple[list[Path], torch
     """Image files (sorted per class) and their ``(N,)`` int64 labels."""
     files: list[Path] = []
     labels: list[int] = []
+    skipped = 0
     known = set(classes)
     for name in _class_names(split_dir):
         if name not in known:
             raise UATError(f"class folder {split_dir / name} is not one of the train classes")
         folder = split_dir / name
-        found = sorted(e.name for e in os.scandir(folder)
-                       if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+        entries = [e.name for e in os.scandir(folder) if e.is_file()]
+        # macOS resource forks ("._x.jpg"), hidden files and anything without an image extension are skipped
+        found = sorted(n for n in entries if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS))
+        skipped += len(entries) - len(found)
         files.extend(folder / f for f in found)
         labels.extend([classes.index(name)] * len(found))
     if not files:
         raise UATError(f"no images found in {split_dir}: expected {split_dir}/<class>/<image>.jpg")
+    if skipped:
+        import sys
+        print(f"note: skipped {skipped} file(s) in {split_dir} that are not images (hidden files, '._*' "
+              f"resource forks, other extensions)", file=sys.stderr)
     return files, torch.tensor(labels, dtype=torch.int64)
 
 
@@ -364,6 +381,17 @@ def _decode_file(path: Path) -> torch.Tensor:
         data = path.read_bytes()
     except OSError as exc:
         raise UATError(f"cannot read image {path}: {exc.strerror or exc}") from exc
+    import io
+
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as im:              # reads the header only
+            w, h = im.size
+    except Exception:
+        w = h = 0                                              # not for PIL: let the decoders below say so
+    if w * h > MAX_PIXELS:
+        raise UATError(f"image {path} is {w}×{h} pixels, above the {MAX_PIXELS // 10 ** 6} M pixel limit "
+                       "(a decompression bomb, or far larger than a classifier needs)")
     try:
         from torchvision.io import ImageReadMode, decode_image
 
@@ -372,18 +400,24 @@ def _decode_file(path: Path) -> torch.Tensor:
             # fastest option here (~3x PIL on small JPEGs), and PIL below covers their removal.
             warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities",
                                     category=DeprecationWarning)
-            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                mode=ImageReadMode.RGB)
+            img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        if img.dtype == torch.uint16:                          # 16-bit PNG: scale 0..65535 to 0..255
+            img = (img.to(torch.int32) * 255 + 32767).div(65535, rounding_mode="floor").to(torch.uint8)
+        if img.dtype == torch.uint8:
+            return img
     except Exception:
         pass  # e.g. BMP, which torchvision does not decode: try PIL
     try:
-        import io
-
         import numpy as np
-        from PIL import Image
 
         with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im.convert("RGB"))                      # (H, W, 3)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):          # 16-bit grey: scale, do not clip
+                arr16 = np.asarray(im, dtype=np.float64)
+                top = 65535.0 if im.mode.startswith("I;16") or arr16.max() > 255 else 255.0
+                grey = np.clip(np.rint(arr16 * 255.0 / top), 0, 255).astype(np.uint8)
+                arr = np.repeat(grey[:, :, None], 3, axis=2)
+            else:
+                arr = np.asarray(im.convert("RGB"))                  # (H, W, 3)
         return torch.from_numpy(arr.copy()).permute(2, 0, 1)           # (3, H, W)
     except Exception as exc:
         raise UATError(f"cannot decode image {path}: the file is corrupt or not an image") from exc

@@ -95,3 +95,47 @@ def test_torchrun_two_processes_match_each_other_and_one_process(tmp_path, digit
     d2, d1 = torch.load(two / "delta.pt"), torch.load(one / "delta.pt")
     assert d2.abs().max() <= 32 / 255 + 1e-6
     assert F.cosine_similarity(d2.flatten(), d1.flatten(), dim=0) > 0.5
+
+
+INJECT = '''
+import sys
+import torch.distributed as dist
+import uat_core.checkpoint as C
+import uat_core.training as T
+what = sys.argv.pop(1)
+if what == "diverge":                       # rank 1 alone finds a NaN loss at the end of its 3rd step
+    real = T.Trainer._step
+    def step(self, *a, **k):
+        rec = real(self, *a, **k)            # the step's collectives (DDP) have run on every rank
+        if dist.get_rank() == 1 and self.step_i == 2:
+            raise FloatingPointError("loss")
+        return rec
+    T.Trainer._step = step
+else:                                       # rank 0's disk fails when it writes the epoch checkpoint
+    def save(*a, **k):
+        raise OSError(28, "No space left on device")
+    C.save_checkpoint = save
+from uat_core.cli import main
+raise SystemExit(main(sys.argv[1:]))
+'''
+
+
+@pytest.mark.slow
+@needs_gloo
+@pytest.mark.parametrize("what,words", [
+    ("diverge", "diverged (the loss or δ became NaN or Inf) on process 1 at step 3"),
+    ("disk", "could not write the checkpoint (No space left on device)")])
+def test_a_failure_on_one_rank_ends_every_rank_with_the_same_line(tmp_path, what, words):
+    script = tmp_path / "inject.py"
+    script.write_text(INJECT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "UAT_DIST_TIMEOUT": "60"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                        f"--master_port={_free_port()}", str(script), what, "train", *COMMON, "--batch-size", "32",
+                        "--out", str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=240)
+    errors = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("error: ")]
+    assert p.returncode != 0
+    assert len(errors) == 2 and errors[0] == errors[1] and words in errors[0], (p.stderr[-3000:], errors)
+    # torchrun itself prints a ChildFailedError traceback when a child exits non-zero; ours print none
+    assert "uat_core" not in "".join(ln for ln in p.stderr.splitlines() if ln.strip().startswith("File ")), \
+        p.stderr[-3000:]

@@ -417,18 +417,34 @@ def cmd_train(args) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world > 1                       # under torchrun: DDP, one process per GPU (or CPU)
     if distributed:
-        dev_name = args.device
+        import datetime
+        dev_name, local = args.device, int(os.environ.get("LOCAL_RANK", 0))
         if dev_name == "auto":
-            dev_name = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+            dev_name = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+        elif dev_name == "cuda":
+            dev_name = f"cuda:{local}"                  # one GPU per process
         device = pick_device(dev_name)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # a rank that dies or hangs ends the others' collectives after this many seconds, never a hang
+        timeout = datetime.timedelta(seconds=float(os.environ.get("UAT_DIST_TIMEOUT", "300")))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     else:
         device = pick_device(args.device)
     rank = dist.get_rank() if distributed else 0
+    ok = False
     try:
-        # --- work
+        # --- work: rank 0 decodes (and caches) the data first, the others then read its cache
+        if distributed:
+            box = [None]
+            if rank == 0:
+                try:
+                    _data(args, "train", info)
+                except UATError as e:
+                    box = [str(e)]
+            dist.broadcast_object_list(box, src=0)
+            if box[0]:
+                raise UATError(box[0])
         train = _data(args, "train", info)
         if args.train_size:
             train = train.subset(args.train_size, args.seed)
@@ -474,6 +490,7 @@ def cmd_train(args) -> int:
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)
+        ok = True                                     # every rank finished training together
         if res.stopped_early:
             if rank == 0:
                 print(f"interrupted at step {res.steps}/{trainer.total}: saved {ckpt_path}; run the same "
@@ -509,8 +526,9 @@ def cmd_train(args) -> int:
         return 0
     finally:
         if distributed and dist.is_initialized():
-            try:                 # leave together: a gloo peer closing early can abort the others' threads
-                dist.barrier()
-            except Exception:
-                pass
+            if ok:
+                try:             # leave together: a gloo peer closing early can abort the others' threads
+                    dist.barrier()
+                except Exception:
+                    pass
             dist.destroy_process_group()

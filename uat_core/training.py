@@ -580,12 +580,37 @@ class Trainer(Run):
                                                               for p in self.model.parameters())
 
     def _save(self) -> None:
-        if self.checkpoint_fn is None or self.rank != 0:
-            return
-        if not self._finite_state():
-            raise UATError(f"training diverged (the weights became NaN or Inf) by step {self.step_i}: "
-                           "lower --lr; the last good checkpoint is kept")
-        self.checkpoint_fn(self)
+        """Rank 0 writes the checkpoint; under torchrun every rank learns whether that worked and all stop
+        with rank 0's one-line message if it did not (no rank is left waiting in a collective)."""
+        err = None
+        if self.checkpoint_fn is not None and self.rank == 0:
+            if not self._finite_state():
+                err = (f"training diverged (the weights became NaN or Inf) by step {self.step_i}: "
+                       "lower --lr; the last good checkpoint is kept")
+            else:
+                try:
+                    self.checkpoint_fn(self)
+                except OSError as e:
+                    err = f"could not write the checkpoint ({e.strerror or e}): training stopped"
+        if self.world > 1:
+            box = [err]
+            dist.broadcast_object_list(box, src=0)
+            err = box[0]
+        if err:
+            raise UATError(err)
+
+    def _agree_on_failure(self, failed: str | None) -> None:
+        """Under torchrun, a divergence on any rank stops every rank at the same step with the same line."""
+        if self.world > 1:
+            flag = torch.tensor([float(self.rank + 1) if failed else 0.0],
+                                device=self.device if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item() > 0:
+                raise UATError(f"training diverged (the loss or δ became NaN or Inf) on process "
+                               f"{int(flag.item()) - 1} at step {self.step_i + 1}: lower --lr; the last good "
+                               "checkpoint is kept")
+        elif failed:
+            raise UATError(failed)
 
     def _rank_spread(self) -> dict:
         """Max |difference| across ranks of δ and of the weights (0 when DDP keeps them in sync)."""
@@ -611,13 +636,15 @@ class Trainer(Run):
             for i in range(skip if epoch == start_epoch else 0, spe):
                 x, y, gen = self._batch(order, epoch, i)
                 track = c.algorithm in UNIVERSAL and c.track_every > 0 and (self.step_i + 1) % c.track_every == 0
+                failed = None
                 try:
                     if c.algorithm in UNIVERSAL and c.reseed_every and (self.step_i + 1) % c.reseed_every == 0:
                         self._reseed(x, y, epoch, i)
                     rec = self._step(x, y, gen, track)
                 except FloatingPointError as e:
-                    raise UATError(f"training diverged (the {e} became NaN or Inf) at step {self.step_i + 1}: "
-                                   "lower --lr; the last good checkpoint is kept") from None
+                    failed = (f"training diverged (the {e} became NaN or Inf) at step {self.step_i + 1}: "
+                              "lower --lr; the last good checkpoint is kept")
+                self._agree_on_failure(failed)
                 self.sched.step()
                 self.step_i += 1
                 rec.update(step=self.step_i, epoch=epoch, lr=self.opt.param_groups[0]["lr"])

@@ -188,7 +188,7 @@ def test_seconds_count_training_not_pauses(digits):
 @pytest.mark.parametrize("algo,extra,n,stop", [
     ("uat", {"delta_rule": "adam", "delta_lr": 4.0, "augment": True}, 192, 8),      # 6 steps per epoch
     ("pgd", {"pgd_steps": 2, "augment": True}, 128, 6),                             # 4 steps per epoch
-    ("lowcost", {"delta_pool": 3, "reseed_every": 2, "augment": True}, 192, 7)])   # pool + re-seeds
+    ("lowcost", {"delta_pool": 3, "reseed_every": 2, "bank_share": 0.25, "augment": True}, 192, 7)])
 def test_resume_mid_epoch_reproduces_uninterrupted_run(digits, algo, extra, n, stop):
     train = digits[0].subset(n, 0)
     spe = n // 32
@@ -221,26 +221,34 @@ def test_resume_mid_epoch_reproduces_uninterrupted_run(digits, algo, extra, n, s
 # The diverse adversary: a pool of δs used in turn, re-seeds scored against a plain reference
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("algo", ["uat", "lowcost"])
-def test_pool_step_matches_a_per_image_reference(digits, algo):
+@pytest.mark.parametrize("share", [0.0, 0.25])
+def test_pool_step_matches_a_per_image_reference(digits, algo, share):
     """With a pool of m δs, image b carries member (b + t) mod m and each member ascends on the sign of its
-    own images' gradient: compare one step with a plain per-image computation summed by member."""
+    own images' gradient; with a bank share the first ⌊f·B⌋ images carry random bank patterns instead.
+    Compare one step with a plain per-image computation summed by member."""
+    from uat_core.attacks.bank import pattern_bank
     from uat_core.constraints import apply
+    from uat_core.training import _step_seed
     train = digits[0].subset(96, 0)
-    tr = make_trainer("smallcnn", train, cfg(algorithm=algo, delta_pool=3))
+    tr = make_trainer("smallcnn", train, cfg(algorithm=algo, delta_pool=3, bank_share=share))
     start = tr.pool.clone()
     assert (start[0] == 0).all() and torch.allclose(start[1:].abs(), torch.full_like(start[1:], E))
     ref = copy.deepcopy(tr.model)
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
     x, y, _ = tr._batch(tr._order(0), 0, 0)
-    a = torch.arange(32) % 3                                                # step 0
+    nb = int(share * 32)
+    bank = pattern_bank(train.shape, E, random=0).patterns
+    g = torch.Generator().manual_seed(_step_seed(0, 0, 0, 0))               # the step's own generator
+    fixed = bank[torch.randint(0, len(bank), (nb,), generator=g)]           # (nb,C,H,W)
+    a = torch.arange(32 - nb) % 3                                           # step 0
     ref.train()
     if algo == "uat":                                      # Alg. 3: weights first, then δ at the new weights
         ref_opt.zero_grad()
-        F.cross_entropy(ref(apply(x, start[a])), y).backward()
+        F.cross_entropy(ref(apply(x, torch.cat([fixed, start[a]]))), y).backward()
         ref_opt.step()
-    D = start[a].clone().requires_grad_(True)                                # (B,C,H,W) one δ per image
+    D = torch.cat([fixed, start[a]]).requires_grad_(True)                    # (B,C,H,W) one δ per image
     gD, = torch.autograd.grad(F.cross_entropy(ref(apply(x, D)), y), D)
-    G = torch.zeros_like(start).index_add_(0, a, gD)                        # (m,C,H,W) summed by member
+    G = torch.zeros_like(start).index_add_(0, a, gD[nb:])                   # (m,C,H,W) summed by member
     want = (start + E * G.sign()).clamp(-E, E)
     res = tr.run(callback=lambda ev: ev.kind != "step")                     # one step
     assert res.steps == 1 and tr.passes == {"forward": 2 if algo == "uat" else 1,
@@ -345,7 +353,8 @@ def test_nan_loss_stops_with_one_line_error(digits, monkeypatch):
     ({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch size"), ({"track_every": -1}, "track"),
     ({"delta_pool": 0}, "pool needs at least 1"), ({"reseed_every": -1}, "re-seed interval"),
     ({"reseed_from": "noise"}, "unknown re-seed strategy"), ({"reseed_candidates": 0}, "candidates"),
-    ({"delta_pool": 2, "delta_rule": "adam"}, "not adam")])
+    ({"delta_pool": 2, "delta_rule": "adam"}, "not adam"), ({"bank_share": 1.0}, "bank share"),
+    ({"bank_share": -0.1}, "bank share")])
 def test_bad_config_is_a_one_line_error(kw, match):
     base = {"algorithm": "uat"}
     base.update(kw)

@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where re-seed candidates come from: bank (structured stripes/checkerboards at ±ε and "
                         "random signs) | random (random signs only)")
     t.add_argument("--reseed-candidates", type=int, default=7, help="candidates scored per re-seed")
+    t.add_argument("--bank-share", type=float, default=0.0,
+                   help="uat/lowcost: this fraction of every minibatch carries random fixed patterns of the bank "
+                        "(stripes, checkerboards, colours at ±ε) instead of δ, in the same passes (0 = the paper's)")
     t.add_argument("--init-weights", default=None,
                    help="fine-tune: start from the weights of this model.pt or zoo model name (same architecture "
                         "and data); recorded in the checkpoint's metadata")
@@ -384,7 +387,7 @@ def cmd_train(args) -> int:
         pgd_step_size=args.pgd_step_size, fgsm_random_start=args.fgsm_random_start,
         track_every=args.track_every, seed=args.seed, amp=args.amp, channels_last=args.channels_last,
         delta_pool=args.delta_pool, reseed_every=args.reseed_every, reseed_from=args.reseed_from,
-        reseed_candidates=args.reseed_candidates)
+        reseed_candidates=args.reseed_candidates, bank_share=args.bank_share)
     if args.no_augment:
         cfg.augment = False
     cfg.validate()

@@ -18,6 +18,10 @@ strong and diverse, both off by default (the paper's algorithms):
     delta_pool = m     m universal perturbations in the same passes: image b of a minibatch carries member
                        (b + t) mod m, and every member ascends on the gradient of its own images (the pool
                        costs memory, not passes; one forward and backward still give ∇θ and all m ∇δ)
+    bank_share = f     a fraction f of every minibatch carries fixed patterns of the structured bank
+                       (stripes, checkerboards, colours at ±ε; a fresh draw per image and step) instead of
+                       a pool member, in the same passes: the network also learns to resist the patterns
+                       no optimiser of δ reaches (their gradients are not used)
     reseed_every = k   every k steps, ``reseed_candidates`` new starts (``reseed_from``: patterns of the
                        structured bank and random signs, or random signs only) are scored with the pool's
                        weakest member (lowest last loss) on a slice of the minibatch, in one forward without
@@ -61,8 +65,9 @@ UNIVERSAL = ("uat", "lowcost")      # the algorithms that carry a universal δ
 RESEED_FROM = ("bank", "random")
 # Named variants of the universal algorithms (the zoo, the app and the notebooks train them by these names):
 # the paper's Alg. 3 / 4 with a pool of 4 universal δs carried through the same passes.
-POOL_SIZE = 4
-VARIANTS = {"uat_pool": ("uat", {"delta_pool": POOL_SIZE}), "lowcost_pool": ("lowcost", {"delta_pool": POOL_SIZE})}
+POOL_SIZE, BANK_SHARE = 4, 0.25
+VARIANTS = {"uat_pool": ("uat", {"delta_pool": POOL_SIZE, "bank_share": BANK_SHARE}),
+            "lowcost_pool": ("lowcost", {"delta_pool": POOL_SIZE, "bank_share": BANK_SHARE})}
 
 
 def resolve_variant(name: str) -> tuple[str, dict]:
@@ -91,6 +96,7 @@ class TrainConfig:
     reseed_every: int = 0          # uat/lowcost: propose new starts every k steps (0 = never, the paper's)
     reseed_from: str = "bank"      # bank (structured patterns + random signs) | random (random signs)
     reseed_candidates: int = 7     # candidates scored per re-seed, with the active member, in one forward
+    bank_share: float = 0.0        # uat/lowcost: fraction of each minibatch carrying random bank patterns
     track_every: int = 20          # uat/lowcost: "after ascent" accuracy every k steps (0 = never)
     snapshot_every: int = 50       # a δ snapshot in the event stream every k steps (0 = never)
     seed: int = 0
@@ -130,6 +136,10 @@ class TrainConfig:
             raise UATError(f"unknown re-seed strategy '{self.reseed_from}': choose {', '.join(RESEED_FROM)}")
         if self.reseed_candidates < 1:
             raise UATError(f"re-seed candidates must be at least 1, got {self.reseed_candidates}")
+        if not (0.0 <= self.bank_share < 1.0):
+            raise UATError(f"the bank share is a fraction of the minibatch in [0, 1), got {self.bank_share}")
+        if self.bank_share > 0 and self.delta_rule == "adam":
+            raise UATError("a bank share works with the fgsm or sgd delta rule, not adam")
         if self.delta_pool > 1 and self.delta_rule == "adam":
             raise UATError("a delta pool works with the fgsm or sgd delta rule, not adam (one Adam state per δ)")
         if self.track_every < 0 or self.snapshot_every < 0:
@@ -143,9 +153,9 @@ class TrainConfig:
 # Settings that must match for --resume to continue the same run.
 RESUME_KEYS = ("algorithm", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "augment",
                "flip", "eps", "delta_rule", "delta_lr", "pgd_steps", "pgd_step_size", "fgsm_random_start",
-               "delta_pool", "reseed_every", "reseed_from", "reseed_candidates", "seed")
+               "delta_pool", "reseed_every", "reseed_from", "reseed_candidates", "bank_share", "seed")
 _RESUME_DEFAULTS = {"fgsm_random_start": False, "delta_pool": 1, "reseed_every": 0, "reseed_from": "bank",
-                    "reseed_candidates": 7}   # keys that older checkpoints do not have
+                    "reseed_candidates": 7, "bank_share": 0.0}   # keys that older checkpoints do not have
 
 
 @dataclass
@@ -436,8 +446,8 @@ class Trainer(Run):
         """One minibatch: x (B,C,H,W) float in [0,1], y (B,). Returns the history row's metrics."""
         c, net = self.cfg, self.net
         rec = {}
-        if c.algorithm in UNIVERSAL and c.delta_pool > 1:
-            return self._pool_step(x, y, track)
+        if c.algorithm in UNIVERSAL and (c.delta_pool > 1 or c.bank_share > 0):
+            return self._pool_step(x, y, track, gen)
         if c.algorithm == "natural":
             logits = self._fwd(net, x)
             loss = F.cross_entropy(logits, y)
@@ -497,14 +507,29 @@ class Trainer(Run):
             self.pool_loss[0] = lv
         return rec
 
-    def _pool_step(self, x, y, track: bool) -> dict:
-        """Alg. 3 / Alg. 4 with a pool of m δs: image b carries member (b + t) mod m; the same passes."""
+    def _bank_patterns(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """(n,C,H,W) patterns drawn from the structured bank at ±ε (the step's generator: resumable)."""
+        if self._bank is None:
+            from .attacks.bank import pattern_bank
+            self._bank = pattern_bank(tuple(self.pool.shape[1:]), self.eps, random=0).patterns
+        return self._bank[torch.randint(0, len(self._bank), (n,), generator=gen)].to(self.device)
+
+    def _pool_step(self, x, y, track: bool, gen: torch.Generator) -> dict:
+        """Alg. 3 / Alg. 4 with a pool of m δs (image b carries member (b + t) mod m) and, with a bank
+        share, the first ⌊f·B⌋ images (the batch is in random order) carrying fixed bank patterns instead.
+        The same passes as the plain algorithm."""
         c, net = self.cfg, self.net
-        a = self._assign(x.shape[0])                                             # (B,)
+        B = x.shape[0]
+        nb = min(B - 1, int(c.bank_share * B))                                   # images with bank patterns
+        fixed = self._bank_patterns(nb, gen) if nb else None                     # (nb,C,H,W)
+        a = self._assign(B - nb)                                                 # (B−nb,) pool members
+
+        def perturb(P):                                                          # (B,C,H,W) one δ per image
+            return P[a] if fixed is None else torch.cat([fixed, P[a]])
         rec = {}
         if c.algorithm == "uat":                                                 # Alg. 3
             P = self.pool.detach().clone()                                       # (m,C,H,W)
-            logits = self._fwd(net, apply(x, P[a]))
+            logits = self._fwd(net, apply(x, perturb(P)))
             loss = F.cross_entropy(logits, y)
             self._weights_step(loss)
             self.opt.step()
@@ -514,7 +539,7 @@ class Trainer(Run):
             try:
                 with self._bn_stats_kept():
                     Pg = P.requires_grad_(True)
-                    logits_new = self._fwd(m, apply(x, Pg[a]))
+                    logits_new = self._fwd(m, apply(x, perturb(Pg)))
                     g, = torch.autograd.grad(F.cross_entropy(logits_new, y), Pg)
             finally:
                 for p in m.parameters():
@@ -523,22 +548,22 @@ class Trainer(Run):
             self._ascend(g, self.pool)
             rec["acc_before"] = _acc(logits_new.detach(), y)
             if track:
-                rec["acc_after"] = self._probe(x, y, self.pool.detach()[a])
+                rec["acc_after"] = self._probe(x, y, perturb(self.pool.detach()))
         else:                                                                    # Alg. 4: one backward
             P = self.pool.detach().clone().requires_grad_(True)
-            logits = self._fwd(net, apply(x, P[a]))
+            logits = self._fwd(net, apply(x, perturb(P)))
             loss = F.cross_entropy(logits, y)
             self._weights_step(loss)
             self._ascend(P.grad, self.pool)
             rec["acc_before"] = _acc(logits.detach(), y)
             if track:
-                rec["acc_after"] = self._probe(x, y, self.pool.detach()[a])
+                rec["acc_after"] = self._probe(x, y, perturb(self.pool.detach()))
             self.opt.step()
         lv = loss.item()
         if not math.isfinite(lv):
             raise FloatingPointError("loss")
         with torch.no_grad():                                                    # each member's loss (free)
-            per = F.cross_entropy(logits.detach(), y, reduction="none")
+            per = F.cross_entropy(logits.detach(), y, reduction="none")[nb:]      # the pool's images
             tot = torch.zeros(c.delta_pool, device=per.device).index_add_(0, a, per)
             cnt = torch.zeros(c.delta_pool, device=per.device).index_add_(0, a, torch.ones_like(per))
             used = cnt > 0

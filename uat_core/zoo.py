@@ -49,8 +49,8 @@ RECIPES = {
             "pgd": ["--algorithm", "pgd", "--pgd-steps", "5", "--epochs", "8"],
             "uadam": ["--algorithm", "uat", "--delta-rule", "adam", "--delta-lr", "4", "--epochs", "8"],
             # the paper's Alg. 3 / 4 with a pool of 4 universal δs in the same passes (training.py)
-            "uat_pool": ["--algorithm", "uat", "--delta-pool", "4", "--epochs", "8"],
-            "lowcost_pool": ["--algorithm", "lowcost", "--delta-pool", "4", "--epochs", "8"],
+            "uat_pool": ["--algorithm", "uat", "--delta-pool", "4", "--bank-share", "0.25", "--epochs", "8"],
+            "lowcost_pool": ["--algorithm", "lowcost", "--delta-pool", "4", "--bank-share", "0.25", "--epochs", "8"],
         },
     },
     # CIFAR-10: the recipes for one GPU (an H200 trains each in a minute or two; on a 2-core CPU the natural
@@ -67,8 +67,8 @@ RECIPES = {
             "uadam": ["--algorithm", "uat", "--delta-rule", "adam", "--delta-lr", "1", *_GPU40],
             "pgd": ["--algorithm", "pgd", "--pgd-steps", "7", "--epochs", "10", "--batch-size", "512",
                     "--schedule", "onecycle", "--lr", "0.4"],
-            "uat_pool": ["--algorithm", "uat", "--delta-pool", "4", *_GPU40],
-            "lowcost_pool": ["--algorithm", "lowcost", "--delta-pool", "4", *_GPU40],
+            "uat_pool": ["--algorithm", "uat", "--delta-pool", "4", "--bank-share", "0.25", *_GPU40],
+            "lowcost_pool": ["--algorithm", "lowcost", "--delta-pool", "4", "--bank-share", "0.25", *_GPU40],
         },
         # Without a GPU: each model in under about 45 minutes on a 2-core CPU (fewer epochs, PGD with K = 2).
         "cpu_models": {
@@ -79,9 +79,10 @@ RECIPES = {
             "uadam": ["--algorithm", "uat", "--delta-rule", "adam", "--delta-lr", "1", "--epochs", "4", *_CPU],
             "pgd": ["--algorithm", "pgd", "--pgd-steps", "2", "--epochs", "2", *_CPU],
             # fine-tuned from the shipped plain models (a CPU cannot train 40 epochs in a session)
-            "uat_pool": ["--algorithm", "uat", "--delta-pool", "4", "--init-weights", "cifar10_resnet20_uat",
+            "uat_pool": ["--algorithm", "uat", "--delta-pool", "4", "--bank-share", "0.25", "--init-weights",
+                         "cifar10_resnet20_uat",
                          "--epochs", "4", "--schedule", "cosine", "--lr", "0.05", "--no-report"],
-            "lowcost_pool": ["--algorithm", "lowcost", "--delta-pool", "4", "--init-weights",
+            "lowcost_pool": ["--algorithm", "lowcost", "--delta-pool", "4", "--bank-share", "0.25", "--init-weights",
                              "cifar10_resnet20_lowcost", "--epochs", "4", "--schedule", "cosine", "--lr", "0.05",
                              "--no-report"],
         },
@@ -233,6 +234,7 @@ def build(dataset: str, only: list[str] | None = None, data_root: str | None = N
             "delta_rule": meta["training"].get("delta_rule"), "eps": rec["eps"],
             "delta_pool": meta["training"].get("delta_pool", 1),
             "reseed_every": meta["training"].get("reseed_every", 0),
+            "bank_share": meta["training"].get("bank_share", 0.0),
             "fine_tuned_from": meta["training"].get("init_weights"),
             "epochs": metrics["epochs"], "train_size": metrics["train_size"],
             "clean_top1": metrics["clean_top1"], "robust_top1": metrics.get("robust_top1"),

@@ -1,7 +1,7 @@
 """Notebook 5: Alg. 1 (iDeepFool) against Alg. 2 (SGD on the clipped loss): timing and strength."""
 from _build_notebooks import code, exercise, md, setup_cell, solution_code, solution_md
 
-NAME = "05_idefool_vs_sgd.ipynb"
+NAME = "05_ideepfool_vs_sgd.ipynb"
 
 
 def cells():

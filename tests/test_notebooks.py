@@ -16,7 +16,7 @@ import pytest
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 EXPECTED = ["01_universal_perturbations.ipynb", "02_clipped_loss_and_data.ipynb",
-            "03_universal_adversarial_training.ipynb", "04_low_cost_training.ipynb", "05_idefool_vs_sgd.ipynb"]
+            "03_universal_adversarial_training.ipynb", "04_low_cost_training.ipynb", "05_ideepfool_vs_sgd.ipynb"]
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 
 

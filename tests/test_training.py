@@ -1,4 +1,4 @@
-"""Tests for universal adversarial training (uat_core.training, ``python -m uat_core train``), issue 3.
+"""Tests for universal adversarial training (uat_core.training, ``python -m uat_core train``).
 
 Everything runs on the bundled digits data with the small CNN (one CPU thread, set by conftest), in a few
 seconds per test. ε = 32 (0-255 units) is the digits budget used throughout the project.

@@ -5,7 +5,8 @@ Modules, one idea each:
     constraints   ℓ∞ / ℓ2 balls: project(), apply() (x+δ clamped to [0,1])
     attacks       Alg. 2 (UniversalAttack), the strong multi-start attack (StrongUniversalAttack), the bank
                   of fixed patterns (the baseline), per-instance PGD, Alg. 1 (IDeepFool), batched DeepFool
-    training      natural, Alg. 3 (uat), Alg. 4 (lowcost), FGSM and PGD training
+    training      natural, Alg. 3 (uat), Alg. 4 (lowcost), FGSM and PGD training; a pool of δs, bank
+                  patterns and re-seeds as a stronger training adversary
     evaluation    top-1/top-5, fooling ratio, per-class accuracy
     data          CIFAR-10, scikit-learn digits, any image folder, as uint8 tensors in memory
     models        SmallCNN, ResNet-20, WRN-32-10, torchvision classifiers, behind a normalizing wrapper
@@ -13,6 +14,9 @@ Modules, one idea each:
     export        δ as .pt/.npy/.png/.gif and image grids
     plots         plotly figures shared by the app and the notebooks
     events        the progress-event stream every long run speaks
+    pipeline      recipes shared by the CLI, the app and the notebooks (make_attack, robustness_report)
+    experiments   the paper's sweeps as generators (β, attack-set size, iDeepFool vs Alg. 2, transfer)
+    cli           python -m uat_core / the `uat` command: train, attack, eval, zoo
     zoo           the shipped models and their perturbations
     report        docs/results.md: every zoo model under every attack
 """

@@ -1,12 +1,11 @@
 """The paper's experiments as small recipes, shared by the app pages, the notebooks and the zoo report.
 
 Each sweep is a generator: it yields one result dict per finished attack, so a UI can draw as results
-arrive and stop whenever it likes; ``collect(gen)`` runs one to the end and returns the list.
+arrive and stop whenever it likes; ``list(gen)`` runs one to the end.
 """
 from __future__ import annotations
 
 import math
-import time
 from typing import Iterator
 
 import torch
@@ -14,10 +13,6 @@ import torch
 from .data import ImageData
 from .evaluation import evaluate
 from .pipeline import make_attack
-
-
-def collect(gen) -> list[dict]:
-    return list(gen)
 
 
 def attack_and_eval(model, attack_set: ImageData, test: ImageData, method: str = "alg2", device=None, **cfg) -> dict:
@@ -73,14 +68,6 @@ def summarize(rows: list[dict], key: str, value: str = "perturbed_top1") -> tupl
     return xs, means, stds
 
 
-def optimizer_race(model, attack_set: ImageData, test: ImageData, optimizers=("sgd", "msgd", "adam", "pgd"),
-                   device=None, **cfg) -> Iterator[tuple[str, dict]]:
-    """Figs. 2-3: the same data and budget for each optimizer (each at its default step size)."""
-    for opt in optimizers:
-        yield opt, attack_and_eval(model, attack_set, test, "alg2", device,
-                                   **{**cfg, "optimizer": opt, "step_size": None})
-
-
 def idf_vs_alg2(model, attack_set: ImageData, test: ImageData, eps: float = 8.0, passes: int = 5,
                 device=None, **idf_options) -> dict:
     """Table 2: iDeepFool and Alg. 2 on the same model and images, the same number of passes.
@@ -105,8 +92,3 @@ def transfer_matrix(models: dict, deltas: dict, test: ImageData, device=None) ->
                      .float().mean().item() for d in dst])
     return rows, src, dst
 
-
-def timed(fn, *a, **kw):
-    t0 = time.perf_counter()
-    out = fn(*a, **kw)
-    return out, time.perf_counter() - t0

@@ -159,7 +159,8 @@ def write_report(dataset: str, data_root: str | None, attack_size: int | None, o
 
 
 def targets(d: dict) -> list[dict]:
-    """Issue 4's targets, each with what the report measured and whether it is met (None: model missing)."""
+    """The report's targets (robustness, ordering, the strong attack, the pool models), each with what the
+    report measured and whether it is met (None: model missing)."""
     rows = {r["algorithm"]: r for r in d["rows"]}
     e0, e1, e2 = d["eps"]
 

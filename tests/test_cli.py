@@ -259,7 +259,7 @@ def test_a_gpu_index_beyond_the_cards_is_a_user_error(monkeypatch):
 def test_every_option_of_every_command_has_help(cli):
     parser = build_parser()
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(subs) == {"train", "attack", "eval"}
+    assert set(subs) == {"train", "attack", "eval", "zoo"}
     for name, sub in subs.items():
         for action in sub._actions:
             assert action.help and action.help.strip() and action.help != argparse.SUPPRESS, \
@@ -271,6 +271,8 @@ def test_every_option_of_every_command_has_help(cli):
                 assert flag in out, (name, flag)
     rc, out, _ = cli("--help")
     assert rc == 0 and "attack" in out and "examples" in out
+    rc, out, _ = cli("zoo", "--help")                     # the zoo's own commands, through the same entry point
+    assert rc == 0 and all(c in out for c in ("build", "report", "reattack", "list"))
 
 
 # ---------------------------------------------------------------------------------------------

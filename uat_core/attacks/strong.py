@@ -226,7 +226,10 @@ class StrongUniversalAttack(Run):
                                 chunk=256, device=self.device)
                 for c, lo, ac in zip(fixed, sc.loss.tolist(), sc.acc.tolist()):
                     c.loss, c.acc = (abs(lo) if cfg.target is None else lo), ac
-            self.best_fixed = min(fixed, key=lambda c: c.acc) if fixed else None
+            best = min(fixed, key=lambda c: c.acc) if fixed else None
+            # its own record: the same start may also be refined below, which must not overwrite these figures
+            self.best_fixed = None if best is None else Start(best.name, best.delta.clone(), best.probe_loss,
+                                                              best.probe_acc, loss=best.loss, acc=best.acc)
             starts = screened[:cfg.top_k] if cfg.init != ("zero",) else []
             if "zero" in cfg.init:
                 starts.append(Start("zero", torch.zeros(self.x.shape[1:])))

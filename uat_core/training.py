@@ -407,12 +407,10 @@ class Trainer(Run):
         rand = (torch.randint(0, 2, (n, *shape), generator=g).float() * 2 - 1) * self.eps
         if c.reseed_from == "random":
             return rand
-        if self._bank is None:
-            from .attacks.bank import pattern_bank
-            self._bank = pattern_bank(shape, self.eps, random=0).patterns          # (M,C,H,W)
-        idx = torch.randint(0, len(self._bank), (n,), generator=g)
+        bank = self._bank_tensor()
+        idx = torch.randint(0, len(bank), (n,), generator=g)
         use_bank = torch.rand(n, generator=g) < 0.75                                  # 3 in 4 structured
-        return torch.where(use_bank[:, None, None, None], self._bank[idx], rand)
+        return torch.where(use_bank[:, None, None, None], bank[idx], rand)
 
     @torch.no_grad()
     def _reseed(self, x, y, epoch: int, i: int) -> None:
@@ -509,10 +507,15 @@ class Trainer(Run):
 
     def _bank_patterns(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """(n,C,H,W) patterns drawn from the structured bank at ±ε (the step's generator: resumable)."""
+        bank = self._bank_tensor()
+        return bank[torch.randint(0, len(bank), (n,), generator=gen)].to(self.device)
+
+    def _bank_tensor(self) -> torch.Tensor:
+        """(M,C,H,W) the structured bank at ±ε (no random draws), built once on first use."""
         if self._bank is None:
             from .attacks.bank import pattern_bank
             self._bank = pattern_bank(tuple(self.pool.shape[1:]), self.eps, random=0).patterns
-        return self._bank[torch.randint(0, len(self._bank), (n,), generator=gen)].to(self.device)
+        return self._bank
 
     def _pool_step(self, x, y, track: bool, gen: torch.Generator) -> dict:
         """Alg. 3 / Alg. 4 with a pool of m δs (image b carries member (b + t) mod m) and, with a bank

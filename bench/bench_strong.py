@@ -74,6 +74,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=10, help="Alg. 2 epochs (the strong attack's winner gets as many)")
     ap.add_argument("--idf-size", type=int, default=2000, help="attack images of the iDeepFool pass")
     ap.add_argument("--skip-digits", action="store_true", help="leave out the digits comparison")
+    ap.add_argument("--digits-models", default="natural,uat,lowcost,uat_pool,lowcost_pool,fgsm,pgd,uadam",
+                    help="comma-separated zoo algorithms to measure on digits (default: every digits zoo model)")
     ap.add_argument("--skip-idf", action="store_true", help="leave out the iDeepFool comparison")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--markdown", action="store_true", help="print the docs/benchmarks.md section")
@@ -113,7 +115,7 @@ def main(argv=None) -> int:
                       f"top-1 on the {len(dtest)} test images.", "",
                       "| model | clean | Alg. 2 from δ = 0 | best fixed pattern | strong attack | strong ≤ Alg. 2 | "
                       "strong / Alg. 2 time |", "|---|---:|---:|---:|---:|---|---:|"]
-            for a in ("natural", "uat", "lowcost", "fgsm", "pgd", "uadam"):
+            for a in [a for a in args.digits_models.split(",") if a]:
                 model, _ = load_zoo_model(zoo_name("digits", a))
                 r = compare(model, dtrain, dtest, 32.0, args.epochs)
                 lines.append(f"| {a} | {100 * r['clean']:.1f} | {100 * r['alg2']:.1f} | {100 * r['fixed']:.1f} | "

@@ -9,33 +9,22 @@ from uat_core import plots
 from uat_core.attacks.universal import DEFAULT_STEP
 from uat_core.evaluation import evaluate
 from uat_core.export import comparison_grid
-from webapp import live, state, ui
+from webapp import live, page, state, ui
 from webapp import settings as S
-from webapp.boot import through_app
-from webapp.jobs import page_job
-
-through_app()
 
 PAGE = "lab"
-ds = state.dataset()
-D = S.DATASET[ds]
-d = S.defaults(PAGE, ds)
-train = state.train_set(ds)
-test = state.test_set(ds, d["test_size"])
-
-ui.header("Universal attack lab",
-          "One perturbation δ, added to **every** image, built by stochastic gradient ascent on a few hundred "
-          "training images (Alg. 2). Set the budget on the left and press **Run**: the accuracy curve and δ "
-          "grow step by step; the test accuracy under δ comes at the end.", "Alg. 2, eq. (3), Figs. 2-3")
+P = page.open_page(PAGE, "Universal attack lab",
+                   "One perturbation δ, added to **every** image, built by stochastic gradient ascent on a few hundred "
+                   "training images (Alg. 2). Set the budget on the left and press **Run**: the accuracy curve and δ "
+                   "grow step by step; the test accuracy under δ comes at the end.", "Alg. 2, eq. (3), Figs. 2-3",
+                   "Attack settings")
+ds, D, d, train, test, sb, picked = P.ds, P.D, P.d, P.train, P.test, P.sb, P.picked
 
 # ---- settings ------------------------------------------------------------------------------------------
-sb = st.sidebar
-sb.header("Attack settings")
-picked = ui.model_select(PAGE, ds, sb)
 norm = sb.radio("Norm", ["linf", "l2"], format_func={"linf": "ℓ∞", "l2": "ℓ2"}.get, horizontal=True,
                 **ui.w(PAGE, "norm"))
 if norm == "linf":
-    eps = sb.slider("ε (0-255 units)", 0, 32, d["eps"], help=D["why_eps"], **ui.w(PAGE, "eps"))
+    eps = P.eps_slider(0)
 else:
     eps = sb.slider("ε, ℓ2 radius (0-255 units)", 0, D["eps_l2_max"], D["eps_l2"], step=5,
                     help="‖δ‖₂ ≤ ε/255 with images in [0, 1] (the engine allows up to 255, a radius of 1).",
@@ -62,26 +51,16 @@ strong = sb.toggle("Strong attack (multi-start search)", d["strong"], **ui.w(PAG
                         "best few and from δ = 0 (cosine-decayed steps, the leaders only), keep the best δ. About 2-3× "
                         "the time of plain Alg. 2. Off: the paper's Alg. 2 from δ = 0 with the optimizer above.")
 
-s = {**d, "model": st.session_state.get(f"{PAGE}_model", "natural"), "norm": norm, "eps": eps,
-     "beta": float(beta), "optimizer": opt, "step_size": None if step is None else float(step),
-     "epochs": int(epochs), "attack_size": int(size), "target": target, "seed": int(seed), "strong": bool(strong)}
-key = S.key(PAGE, ds, picked.tag, s) if picked else None
-default_key = S.key(PAGE, ds, picked.tag, {**d, "model": s["model"]}) if picked else None
+s = P.settings(norm=norm, eps=eps, beta=float(beta), optimizer=opt, step_size=None if step is None else float(step),
+               epochs=int(epochs), attack_size=int(size), target=target, seed=int(seed), strong=bool(strong))
+key, default_key = P.keys(s)
 steps_planned = s["epochs"] * math.ceil(min(s["attack_size"], len(train)) / 128) * (2 if strong else 1)
 
 
-def make_job():
-    def done(job, key=key, s=s, private=picked.private):
-        res = job.result
-        state.remember(PAGE, key, s, res, private, complete=not res["stopped"])
-    job = page_job(PAGE, s, train, test, model=picked.model, device=state.device(), on_done=done)
-    job.state.update(eps=eps, norm=norm)
-    return job
-
-
+make_job = P.job_maker(s, key, lambda job: not job.result["stopped"], show={"eps": eps, "norm": norm})
 if eps == 0:
     sb.warning("ε = 0 leaves the images unchanged: pick ε > 0 to attack.")
-live.controls(PAGE, make_job, disabled=picked is None or eps == 0,
+P.controls(make_job, s, disabled=picked is None or eps == 0,
               help=f"{steps_planned} steps of Alg. 2{' over several starts' if strong else ''} on "
                    f"{min(size, len(train))} images, then {len(test)} test images")
 sb.caption(f"{steps_planned} steps · test accuracy on {len(test)} {ds} test images")

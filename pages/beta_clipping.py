@@ -8,29 +8,19 @@ import streamlit as st
 
 from uat_core import plots
 from uat_core.experiments import summarize
-from webapp import live, state, ui
+from webapp import live, page, ui
 from webapp import settings as S
-from webapp.boot import through_app
-from webapp.jobs import beta_points, page_job
-
-through_app()
+from webapp.jobs import beta_points
 
 PAGE = "beta"
-ds = state.dataset()
-D = S.DATASET[ds]
-d = S.defaults(PAGE, ds)
-train = state.train_set(ds)
-test = state.test_set(ds, d["test_size"])
+P = page.open_page(PAGE, "β clipping",
+                   "Alg. 2 maximises the cross-entropy **clipped at β**. Each point below is a full attack (PGD, sign "
+                   "gradient by default) built on a random subset of training images and measured on the test images; "
+                   "the error bars are the spread over the random subsets. Lower accuracy = stronger attack.",
+                   "Fig. 5, eq. (3)", "Sweep settings")
+ds, D, d, train, test, sb, picked = P.ds, P.D, P.d, P.train, P.test, P.sb, P.picked
 
-ui.header("β clipping",
-          "Alg. 2 maximises the cross-entropy **clipped at β**. Each point below is a full attack (PGD, sign "
-          "gradient by default) built on a random subset of training images and measured on the test images; the error "
-          "bars are the spread over the random subsets. Lower accuracy = stronger attack.", "Fig. 5, eq. (3)")
-
-sb = st.sidebar
-sb.header("Sweep settings")
-picked = ui.model_select(PAGE, ds, sb, upload=True)
-eps = sb.slider("ε (0-255 units)", 1, 32, d["eps"], help=D["why_eps"], **ui.w(PAGE, "eps"))
+eps = P.eps_slider()
 betas = sb.multiselect("β values", S.BETAS, d["betas"], format_func=S.fmt_beta, **ui.w(PAGE, "betas"))
 repeats = sb.slider("Random attack subsets per β", 1, 5, d["repeats"], **ui.w(PAGE, "repeats"))
 size = sb.select_slider("Attack-set size", D["attack_sizes"], d["attack_size"], **ui.w(PAGE, "size"))
@@ -39,20 +29,13 @@ opt = sb.segmented_control("Optimizer", list(S.OPTIMIZERS), default=d["optimizer
                            format_func=lambda o: S.OPT_LABEL[o].split(" ")[0], **ui.w(PAGE, "opt"))
 
 betas = sorted(float(b) for b in betas)
-s = {**d, "model": st.session_state.get(f"{PAGE}_model", "natural"), "eps": eps, "betas": betas,
-     "repeats": int(repeats), "attack_size": int(size), "epochs": int(epochs), "optimizer": opt}
-key = S.key(PAGE, ds, picked.tag, s) if picked else None
-default_key = S.key(PAGE, ds, picked.tag, {**d, "model": s["model"]}) if picked else None
+s = P.settings(eps=eps, betas=betas, repeats=int(repeats), attack_size=int(size), epochs=int(epochs), optimizer=opt)
+key, default_key = P.keys(s)
 
 
-def make_job():
-    def done(job, key=key, s=s, private=picked.private):
-        state.remember(PAGE, key, s, job.result, private, complete=job.result["complete"])
-    return page_job(PAGE, s, train, test, model=picked.model, device=state.device(), on_done=done)
-
-
+make_job = P.job_maker(s, key, lambda job: job.result["complete"])
 n_attacks = len(beta_points(s))
-live.controls(PAGE, make_job, disabled=picked is None or not betas,
+P.controls(make_job, s, disabled=picked is None or not betas,
               help=f"{n_attacks} attacks, each on {size} images for {epochs} epochs")
 sb.caption(f"{n_attacks} attacks · accuracy on {len(test)} test images")
 

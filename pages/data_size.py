@@ -6,48 +6,30 @@ import streamlit as st
 
 from uat_core import plots
 from uat_core.experiments import summarize
-from webapp import live, state, ui
-from webapp import settings as S
-from webapp.boot import through_app
-from webapp.jobs import page_job, size_points
-
-through_app()
+from webapp import live, page, ui
+from webapp.jobs import size_points
 
 PAGE = "size"
-ds = state.dataset()
-D = S.DATASET[ds]
-d = S.defaults(PAGE, ds)
-train = state.train_set(ds)
-test = state.test_set(ds, d["test_size"])
+P = page.open_page(PAGE, "How much data does a universal attack need?",
+                   "Each point is an Alg. 2 attack built on a random subset of *n* training images and measured on the "
+                   "test images, which it never saw. Every attack takes the same number of steps, so only the amount "
+                   "of data changes. A handful of images per class already yields a δ that fools the model on unseen "
+                   "images.", "Fig. 6",
+                   "Settings")
+ds, D, d, train, test, sb, picked = P.ds, P.D, P.d, P.train, P.test, P.sb, P.picked
 SIZES = sorted(set(d["sizes"] + D["attack_sizes"] + [10, 25, 50]))
 
-ui.header("How much data does a universal attack need?",
-          "Each point is an Alg. 2 attack built on a random subset of *n* training images and measured on the "
-          "test images, which it never saw. Every attack takes the same number of steps, so only the amount of "
-          "data changes. A handful of images per class already yields a δ that fools the model on unseen "
-          "images.", "Fig. 6")
-
-sb = st.sidebar
-sb.header("Settings")
-picked = ui.model_select(PAGE, ds, sb)
-eps = sb.slider("ε (0-255 units)", 1, 32, d["eps"], help=D["why_eps"], **ui.w(PAGE, "eps"))
+eps = P.eps_slider()
 sizes = sb.multiselect("Attack-set sizes n", [n for n in SIZES if n <= len(train)], d["sizes"], **ui.w(PAGE, "sizes"))
 repeats = sb.slider("Random subsets per size", 1, 5, d["repeats"], **ui.w(PAGE, "repeats"))
 steps = sb.slider("Steps per attack", 5, 60, d["steps"], step=5, **ui.w(PAGE, "steps"))
 sizes = sorted(int(n) for n in sizes)
-s = {**d, "model": st.session_state.get(f"{PAGE}_model", "natural"), "eps": eps, "sizes": sizes,
-     "repeats": int(repeats), "steps": int(steps)}
-key = S.key(PAGE, ds, picked.tag, s) if picked else None
-default_key = S.key(PAGE, ds, picked.tag, {**d, "model": s["model"]}) if picked else None
+s = P.settings(eps=eps, sizes=sizes, repeats=int(repeats), steps=int(steps))
+key, default_key = P.keys(s)
 
 
-def make_job():
-    def done(job, key=key, s=s, private=picked.private):
-        state.remember(PAGE, key, s, job.result, private, complete=job.result["complete"])
-    return page_job(PAGE, s, train, test, model=picked.model, device=state.device(), on_done=done)
-
-
-live.controls(PAGE, make_job, disabled=picked is None or not sizes)
+make_job = P.job_maker(s, key, lambda job: job.result["complete"])
+P.controls(make_job, s, disabled=picked is None or not sizes)
 sb.caption(f"{len(size_points(s, len(train)))} attacks · PGD, β = 9 · accuracy on {len(test)} test images")
 
 

@@ -5,52 +5,30 @@ import pandas as pd
 import streamlit as st
 
 from uat_core import plots
-from webapp import live, state, ui
-from webapp import settings as S
-from webapp.boot import through_app
-from webapp.jobs import page_job
-
-through_app()
+from webapp import live, page, ui
 
 PAGE = "idf"
 NAMES = {"idf": "iDeepFool (Alg. 1)", "alg2": "Alg. 2 (PGD, β = 9)"}
 SHORT = {"idf": "iDeepFool", "alg2": "Alg. 2"}
-ds = state.dataset()
-D = S.DATASET[ds]
-d = S.defaults(PAGE, ds)
-train = state.train_set(ds)
-test = state.test_set(ds, d["test_size"])
+P = page.open_page(PAGE, "iDeepFool vs Alg. 2",
+                   "The original universal perturbation (Moosavi-Dezfooli et al., 2017) runs DeepFool on every image "
+                   "that is not fooled yet and folds its minimal step into δ (Alg. 1, *iDeepFool*): many backward "
+                   "passes per image. Alg. 2 takes one gradient step per minibatch. Both run here on the same model "
+                   "and the same training images; the clock counts computation only.", "Table 2",
+                   "Settings")
+ds, D, d, train, test, sb, picked = P.ds, P.D, P.d, P.train, P.test, P.sb, P.picked
 
-ui.header("iDeepFool vs Alg. 2",
-          "The original universal perturbation (Moosavi-Dezfooli et al., 2017) runs DeepFool on every image "
-          "that is not fooled yet and folds its minimal step into δ (Alg. 1, *iDeepFool*): many backward passes "
-          "per image. Alg. 2 takes one gradient step per minibatch. Both run here on the same model and the "
-          "same training images; the clock counts computation only.", "Table 2")
-
-sb = st.sidebar
-sb.header("Settings")
-picked = ui.model_select(PAGE, ds, sb)
-eps = sb.slider("ε (0-255 units)", 1, 32, d["eps"], help=D["why_eps"], **ui.w(PAGE, "eps"))
+eps = P.eps_slider()
 size = sb.select_slider("Attack-set size (both methods)", [32, 64, 128, 256, 500], d["attack_size"],
                         **ui.w(PAGE, "size"))
 passes = sb.slider("iDeepFool passes over the images", 1, 5, d["idf_passes"], **ui.w(PAGE, "passes"))
 epochs = sb.slider("Alg. 2 epochs", 1, 20, d["alg2_epochs"], **ui.w(PAGE, "epochs"))
-s = {**d, "model": st.session_state.get(f"{PAGE}_model", "natural"), "eps": eps, "attack_size": int(size),
-     "idf_passes": int(passes), "alg2_epochs": int(epochs)}
-key = S.key(PAGE, ds, picked.tag, s) if picked else None
-default_key = S.key(PAGE, ds, picked.tag, {**d, "model": s["model"]}) if picked else None
+s = P.settings(eps=eps, attack_size=int(size), idf_passes=int(passes), alg2_epochs=int(epochs))
+key, default_key = P.keys(s)
 
 
-def make_job():
-    def done(job, key=key, s=s, private=picked.private):
-        complete = not job.stopping and set(job.result) == {"idf", "alg2"}
-        state.remember(PAGE, key, s, job.result, private, complete=complete)
-    job = page_job(PAGE, s, train, test, model=picked.model, device=state.device(), on_done=done)
-    job.state["eps"] = eps
-    return job
-
-
-live.controls(PAGE, make_job, disabled=picked is None)
+make_job = P.job_maker(s, key, lambda job: not job.stopping and set(job.result) == {"idf", "alg2"}, show={"eps": eps})
+P.controls(make_job, s, disabled=picked is None)
 sb.caption(f"iDeepFool works on minibatches of {d['idf_batch']} images (DeepFool: 10 candidate classes, up to 10 "
            "iterations each), so one of its steps can take a few seconds on a CPU.")
 

@@ -6,50 +6,30 @@ import streamlit as st
 
 from uat_core import plots
 from uat_core.attacks.universal import DEFAULT_STEP
-from webapp import live, state, ui
+from webapp import live, page, ui
 from webapp import settings as S
-from webapp.boot import through_app
-from webapp.jobs import page_job
-
-through_app()
 
 PAGE = "race"
 ORDER = ("sgd", "msgd", "adam", "pgd")
-ds = state.dataset()
-D = S.DATASET[ds]
-d = S.defaults(PAGE, ds)
-train = state.train_set(ds)
-test = state.test_set(ds, d["test_size"])
+P = page.open_page(PAGE, "Optimizer race",
+                   "The same images, the same budget ε, the same clipped loss (β = 9); only the update rule differs. "
+                   "The four attacks advance one step each in turn, so their curves grow together. Note the step sizes "
+                   "(left): PGD and ADAM move each pixel by about τ per step whatever the size of the gradient, while "
+                   "SGD and MSGD multiply the raw gradient, so their speed depends on the model's gradient scale and "
+                   "on τ: try other step sizes in the attack lab.", "Figs. 2-3",
+                   "Race settings")
+ds, D, d, train, test, sb, picked = P.ds, P.D, P.d, P.train, P.test, P.sb, P.picked
 
-ui.header("Optimizer race",
-          "The same images, the same budget ε, the same clipped loss (β = 9); only the update rule differs. "
-          "The four attacks advance one step each in turn, so their curves grow together. Note the step sizes "
-          "(left): PGD and ADAM move each pixel by about τ per step whatever the size of the gradient, while "
-          "SGD and MSGD multiply the raw gradient, so their speed depends on the model's gradient scale and "
-          "on τ: try other step sizes in the attack lab.", "Figs. 2-3")
-
-sb = st.sidebar
-sb.header("Race settings")
-picked = ui.model_select(PAGE, ds, sb)
-eps = sb.slider("ε (0-255 units)", 1, 32, d["eps"], help=D["why_eps"], **ui.w(PAGE, "eps"))
+eps = P.eps_slider()
 epochs = sb.slider("Epochs", 1, 20, d["epochs"], **ui.w(PAGE, "epochs"))
 size = sb.select_slider("Attack-set size", D["attack_sizes"], d["attack_size"], **ui.w(PAGE, "size"))
 seed = sb.number_input("Seed", 0, 10_000, 0, **ui.w(PAGE, "seed"))
-s = {**d, "model": st.session_state.get(f"{PAGE}_model", "natural"), "eps": eps, "epochs": int(epochs),
-     "attack_size": int(size), "seed": int(seed)}
-key = S.key(PAGE, ds, picked.tag, s) if picked else None
-default_key = S.key(PAGE, ds, picked.tag, {**d, "model": s["model"]}) if picked else None
+s = P.settings(eps=eps, epochs=int(epochs), attack_size=int(size), seed=int(seed))
+key, default_key = P.keys(s)
 
 
-def make_job():
-    def done(job, key=key, s=s, private=picked.private):
-        state.remember(PAGE, key, s, job.result, private, complete=not job.stopping)
-    job = page_job(PAGE, s, train, test, model=picked.model, device=state.device(), on_done=done)
-    job.state["eps"] = eps
-    return job
-
-
-live.controls(PAGE, make_job, label="Start the race", disabled=picked is None)
+make_job = P.job_maker(s, key, lambda job: not job.stopping, show={"eps": eps})
+P.controls(make_job, s, label="Start the race", disabled=picked is None)
 sb.caption("Step sizes: PGD and ADAM τ = 0.1·ε per pixel; SGD τ = "
            f"{DEFAULT_STEP['sgd']:g}·ε and MSGD τ = {DEFAULT_STEP['msgd']:g}·ε (momentum 0.9) per unit gradient.")
 

@@ -6,41 +6,28 @@ import pandas as pd
 import streamlit as st
 
 from uat_core import plots
-from webapp import live, state, ui
+from uat_core.attacks.bank import pattern_bank
+from webapp import live, page, state, ui
 from webapp import settings as S
-from webapp.boot import through_app
-from webapp.jobs import page_job
-
-through_app()
 
 PAGE = "bank"
-ds = state.dataset()
-D = S.DATASET[ds]
-d = S.defaults(PAGE, ds)
-test = state.test_set(ds, d["test_size"])
+P = page.open_page(PAGE, "Why starting points matter",
+                   "Before any optimisation: stripes, checkerboards and flat colours at ±ε, the **same** pattern for "
+                   "every image. The bars are the model's test accuracy under each of them, strongest first. On "
+                   "CIFAR-10 the best of these beats Alg. 2 started at δ = 0, which is why the project's strong attack "
+                   "starts from them.",
+                   "Alg. 2's objective is not concave",
+                   "Bank settings", train=False, upload=False)
+ds, D, d, train, test, sb, picked = P.ds, P.D, P.d, P.train, P.test, P.sb, P.picked
 
-ui.header("Why starting points matter",
-          "Before any optimisation: stripes, checkerboards and flat colours at ±ε, the **same** pattern for every "
-          "image. The bars are the model's test accuracy under each of them, strongest first. On CIFAR-10 the best "
-          "of these beats Alg. 2 started at δ = 0, which is why the project's strong attack starts from them.",
-          "Alg. 2's objective is not concave")
-
-sb = st.sidebar
-sb.header("Bank settings")
-picked = ui.model_select(PAGE, ds, sb, upload=False)
-eps = sb.slider("ε (0-255 units)", 1, 32, d["eps"], help=D["why_eps"], **ui.w(PAGE, "eps"))
-s = {**d, "model": st.session_state.get(f"{PAGE}_model", "natural"), "eps": int(eps)}
-key = S.key(PAGE, ds, picked.tag, s) if picked else None
-default_key = S.key(PAGE, ds, picked.tag, {**d, "model": s["model"]}) if picked else None
+eps = P.eps_slider()
+s = P.settings(eps=int(eps))
+key, default_key = P.keys(s)
 
 
-def make_job():
-    def done(job, key=key, s=s):
-        state.remember(PAGE, key, s, job.result, private=picked.private, complete=job.result["complete"])
-    return page_job(PAGE, s, state.train_set(ds), test, model=picked.model, device=state.device(), on_done=done)
-
-
-live.controls(PAGE, make_job, label="Score", disabled=picked is None,
+make_job = P.job_maker(s, key, lambda job: job.result["complete"])
+n_patterns = len(pattern_bank(test.shape, eps / 255.0, random=s["random"]).names)
+P.controls(make_job, s, label="Score", disabled=picked is None, n_patterns=n_patterns,
               help=f"every pattern on {len(test)} test images")
 sb.caption(f"Accuracy on {len(test)} {S.DS_LABEL[ds]} test images (a fixed stratified subset)")
 

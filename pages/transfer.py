@@ -5,29 +5,19 @@ import pandas as pd
 import streamlit as st
 
 from uat_core import plots
-from webapp import live, state, ui
+from webapp import live, page, state, ui
 from webapp import settings as S
-from webapp.boot import through_app
 from webapp.jobs import page_job
 
-through_app()
-
 PAGE = "transfer"
-ds = state.dataset()
-D = S.DATASET[ds]
-d = S.defaults(PAGE, ds)
-test = state.test_set(ds, d["test_size"])
-train = state.train_set(ds)
-
-ui.header("Transfer",
-          "Each zoo model ships with the universal perturbation the strong attack built against it. Here every such δ "
-          "(rows) is added to the test images of every model (columns). The diagonal is each model under its "
-          "own δ; off the diagonal, how well a δ made on one network fools another.", "Universality across models")
-
+P = page.open_page(PAGE, "Transfer",
+                   "Each zoo model ships with the universal perturbation the strong attack built against it. Here "
+                   "every such δ (rows) is added to the test images of every model (columns). The diagonal is each "
+                   "model under its own δ; off the diagonal, how well a δ made on one network fools another.",
+                   "Universality across models", "Matrix settings", model=False)
+ds, D, d, train, test, sb = P.ds, P.D, P.d, P.train, P.test, P.sb
 zoo = state.zoo(ds)
 with_delta = [a for a in zoo if state.zoo_delta(ds, a) is not None]
-sb = st.sidebar
-sb.header("Matrix settings")
 chosen = sb.multiselect("Zoo models", list(zoo), with_delta, format_func=lambda a: S.ALGO_LABEL.get(a, a),
                         **ui.w(PAGE, "models"))
 latest_lab = state.latest("lab")
@@ -49,16 +39,17 @@ default_key = S.key(PAGE, ds, S.zoo_set_tag([zoo[a] for a in with_delta]), {**d,
 def make_job():
     models = {S.ALGO_SHORT.get(a, a): state.zoo_model(ds, a).model for a in chosen}
     deltas = {S.ALGO_SHORT.get(a, a): state.zoo_delta(ds, a) for a in chosen if a in with_delta}
-    if extra and lab_ok:
+    if with_lab:
         deltas["my lab δ"] = latest_lab["result"]["delta"]
 
     def done(job, key=key, s=s):
-        state.remember(PAGE, key, s, job.result, private=with_lab, complete=job.result["complete"])
+        P.remember(key, s, job.result, complete=job.result["complete"], private=with_lab)
     return page_job(PAGE, s, train, test, models=models, deltas=deltas, device=state.device(), on_done=done)
 
 
-live.controls(PAGE, make_job, label="Compute", disabled=len(chosen) < 1)
-sb.caption(f"{len(chosen)}×{len(chosen) + (1 if extra and lab_ok else 0)} evaluations on {len(test)} test images")
+n_rows = len(chosen) + (1 if with_lab else 0)
+P.controls(make_job, s, label="Compute", disabled=len(chosen) < 1, n_models=len(chosen), n_deltas=n_rows)
+sb.caption(f"{len(chosen)}×{n_rows} evaluations on {len(test)} test images")
 
 
 def draw(job):

@@ -7,35 +7,26 @@ import streamlit as st
 from uat_core import plots
 from uat_core.training import default_config_for
 from uat_core.zoo import trained_on
-from webapp import live, state, ui
+from webapp import live, page, state, ui
 from webapp import settings as S
-from webapp.boot import through_app
 from webapp.jobs import page_job
-
-through_app()
 
 PAGE = "uat"
 ALGOS = ["natural", "uat", "lowcost", "uat_pool", "lowcost_pool", "fgsm", "pgd"]
-ds = state.dataset()
-D = S.DATASET[ds]
-d = S.defaults(PAGE, ds)
-train = state.train_set(ds)
-test = state.test_set(ds, d["test_size"])
+P = page.open_page(PAGE, "Universal adversarial training",
+                   "Train a network and a universal perturbation against each other. Every minibatch, the weights take "
+                   "a descent step on x + δ and δ takes an ascent step (one FGSM-like step, eq. 6). **uFGSM** (Alg. 3) "
+                   "computes the two gradients one after the other; **low-cost** (Alg. 4) gets both from the *same* "
+                   "backward pass, so it costs no more than natural training. Afterwards every model faces a fresh "
+                   "strong universal attack built from scratch against it (Alg. 2 refined from the best of many "
+                   "starts), with the best fixed stripe pattern beside it.", "Alg. 3 and 4, Table 1, Figs. 4 and 7",
+                   "Training settings", model=False)
+ds, D, d, train, test, sb, picked = P.ds, P.D, P.d, P.train, P.test, P.sb, P.picked
 
-ui.header("Universal adversarial training",
-          "Train a network and a universal perturbation against each other. Every minibatch, the weights take a "
-          "descent step on x + δ and δ takes an ascent step (one FGSM-like step, eq. 6). **uFGSM** (Alg. 3) "
-          "computes the two gradients one after the other; **low-cost** (Alg. 4) gets both from the *same* "
-          "backward pass, so it costs no more than natural training. Afterwards every model faces a fresh "
-          "strong universal attack built from scratch against it (Alg. 2 refined from the best of many starts), "
-          "with the best fixed stripe pattern beside it.", "Alg. 3 and 4, Table 1, Figs. 4 and 7")
-
-sb = st.sidebar
-sb.header("Training settings")
 algos = sb.multiselect("Train", ALGOS, d["algorithms"], format_func=lambda a: S.ALGO_LABEL[a], **ui.w(PAGE, "algos"))
 epochs = sb.slider("Epochs", 1, 20 if ds == "digits" else 10, d["epochs"], **ui.w(PAGE, "epochs"))
 size = sb.select_slider("Training images", D["train_sizes"], d["train_size"], **ui.w(PAGE, "size"))
-eps = sb.slider("ε (0-255 units)", 1, 32, d["eps"], help=D["why_eps"], **ui.w(PAGE, "eps"))
+eps = P.eps_slider()
 rule = sb.radio("δ update (uFGSM / low-cost)", ["fgsm", "sgd", "adam"], horizontal=True,
                 format_func={"fgsm": "sign (eq. 6)", "sgd": "SGD (eq. 7)", "adam": "ADAM"}.get, **ui.w(PAGE, "rule"))
 asize = sb.select_slider("Robustness attack: images", D["attack_sizes"], d["attack_size"], **ui.w(PAGE, "asize"))
@@ -63,8 +54,8 @@ train_steps = int(epochs) * max(1, min(int(size), len(train)) // default_config_
 if train_steps < 100:
     sb.warning(f"A short run: {train_steps} training steps per model. Below about 100 steps the models barely "
                f"learn (the zoo's digits models took 160).")
-live.controls(PAGE, make_job, label="Train", disabled=not algos,
-              help="Trains each model from scratch in this browser session, then attacks it")
+P.controls(make_job, s, label="Train", disabled=not algos,
+           help="Trains each model from scratch in this browser session, then attacks it")
 sb.caption(f"{D['arch']} on {min(size, len(train))} {ds} images, {train_steps} steps per model · then the strong "
            f"attack (β = 9, {asize} images, "
            f"{aepochs} epochs) against each model · accuracy on {len(test)} test images. Trained models appear in "

@@ -26,6 +26,7 @@ from uat_core.attacks import (AttackConfig, IDeepFool, IDFConfig, StrongConfig, 
 from uat_core.data import load_dataset
 from uat_core.evaluation import evaluate, predict
 from uat_core.zoo import ZOO_DIR, list_models, load_zoo_model, load_zoo_perturbation
+from webapp import settings as S
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app.py"
@@ -577,3 +578,83 @@ def test_settings_keys_name_exactly_one_result():
     inf = S.key("lab", "digits", "t", {**d, "beta": math.inf})
     assert S.settings_of(inf)["beta"] == "inf"
     assert S.defaults("lab", "digits")["eps"] == 32 and S.defaults("lab", "cifar10")["eps"] == 8
+
+
+# ---------------------------------------------------------------------------------------------
+# cost budgets (webapp/budget.py)
+# ---------------------------------------------------------------------------------------------
+
+def test_every_pages_defaults_fit_the_budget_and_the_issues_example_does_not():
+    from webapp import budget
+    sizes = {"digits": (1297, 500), "cifar10": (50_000, 1_000)}
+    for ds, (n_train, n_test) in sizes.items():
+        for page in ("lab", "beta", "size", "race", "idf", "uat", "transfer", "bank"):
+            est = budget.estimate(page, S.defaults(page, ds), ds, n_train, n_test, n_models=5, n_deltas=6,
+                                  n_patterns=300)
+            assert est.allowed and est.passes > 0, (page, ds, est.message)
+    huge = {**S.defaults("uat", "cifar10"), "algorithms": ["natural", "uat", "lowcost", "uat_pool", "lowcost_pool"],
+            "epochs": 10, "train_size": 50_000}
+    est = budget.estimate("uat", huge, "cifar10", 50_000, 1_000)
+    assert not est.allowed and "Too large" in est.message and "fewer epochs" in est.message
+    # the cost grows with the work asked for
+    one = budget.passes("lab", S.defaults("lab", "digits"), 1297, 500, channels=1)
+    assert budget.passes("lab", {**S.defaults("lab", "digits"), "epochs": 10}, 1297, 500, channels=1) > one
+    assert budget.passes("lab", {**S.defaults("lab", "digits"), "strong": True}, 1297, 500, channels=1) > 2 * one
+
+
+def test_the_budget_scale_moves_the_cap(monkeypatch):
+    from webapp import budget
+    monkeypatch.setenv("UAT_BUDGET_SCALE", "20")
+    assert budget.cap("cifar10") == 20 * budget.CAPS["cifar10"]
+    monkeypatch.setenv("UAT_BUDGET_SCALE", "not a number")
+    assert budget.cap("cifar10") == budget.CAPS["cifar10"]
+
+
+@pytest.mark.parametrize("page,settings", [
+    ("lab", {"epochs": 2, "attack_size": 100}),
+    ("lab", {"epochs": 2, "attack_size": 100, "strong": True}),
+    ("race", {"epochs": 1, "attack_size": 100}),
+    ("beta", {"betas": [3.0, 9.0], "repeats": 1, "attack_size": 100, "epochs": 2}),
+    ("size", {"sizes": [50, 200], "repeats": 1, "steps": 4}),
+    ("bank", {}),
+    ("uat", {"algorithms": ["natural", "uat"], "epochs": 1, "train_size": 250, "attack_size": 100,
+             "attack_epochs": 1}),
+])
+def test_the_estimate_is_within_a_factor_of_two_of_the_images_the_engine_runs(page, settings):
+    """Count every image the models see (a forward hook; a forward under no_grad counts a third) and
+    compare with the estimate, so the cap refuses what it should and nothing else."""
+    from uat_core import zoo
+    from uat_core.models import Normalized
+    from webapp import budget
+    from webapp.jobs import page_job
+    s = {**S.defaults(page, "digits"), "test_size": 100, **settings}
+    train = load_dataset("digits", "train", progress=False)
+    test = load_dataset("digits", "test", limit=100, progress=False)
+    seen = [0.0]
+
+    def hook(module, inputs, output):                 # every model the job builds or uses, top level only
+        if isinstance(module, Normalized):
+            seen[0] += inputs[0].shape[0] * (1.0 if torch.is_grad_enabled() else budget.EVAL)
+
+    model, _ = zoo.load_zoo_model("digits_smallcnn_natural")
+    job = page_job(page, s, train, test, model=model, arch="smallcnn")
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        job.finish()
+    finally:
+        handle.remove()
+    assert job.error is None
+    est = budget.passes(page, s, len(train), len(test), channels=1, n_patterns=budget.bank_size(1) + s.get("random", 0))
+    assert seen[0] > 0 and 0.5 <= est / seen[0] <= 2.0, (est, seen[0])
+
+
+def test_settings_over_the_cap_disable_run_and_say_why(monkeypatch):
+    monkeypatch.setenv("UAT_BUDGET_SCALE", "1e-9")
+    at = open_page("attack_lab")
+    run = next(b for b in at.button if b.key == "lab_run")
+    assert run.disabled
+    assert any("Too large for this shared server" in w.value for w in at.sidebar.warning)
+    monkeypatch.setenv("UAT_BUDGET_SCALE", "1")
+    at = open_page("attack_lab")
+    assert not next(b for b in at.button if b.key == "lab_run").disabled
+    assert any("Estimated cost" in c.value for c in at.sidebar.caption)

@@ -5,6 +5,7 @@ import io
 import json
 import math
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ from uat_core.checkpoint import load_checkpoint, model_meta, read_checkpoint, sa
 from uat_core.errors import UATError
 from uat_core.export import (PERTURBATION_FILES, comparison_grid, delta_image, gif_bytes, load_perturbation,
                              save_perturbation)
-from uat_core.fileio import atomic_bytes, atomic_write, prepare_out_dir, write_json
+from uat_core import fileio
+from uat_core.fileio import atomic_bytes, atomic_write, output_set, prepare_out_dir, write_json
 from uat_core.models import build_model
 
 
@@ -159,6 +161,92 @@ def test_prepare_out_dir_refuses_to_overwrite_without_force(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UATError):
         prepare_out_dir(tmp_path / "file", ["metrics.json"])
+
+
+def _old_set(out: Path) -> None:
+    out.mkdir()
+    for name, text in (("metrics.json", "old"), ("grid.png", "old"), ("perturbation.gif", "old"),
+                       ("notes.txt", "mine")):
+        (out / name).write_text(text)
+
+
+NAMES = ["metrics.json", "grid.png", "perturbation.gif"]
+
+
+@pytest.mark.parametrize("atomic", [True, False], ids=["exchange", "file-by-file"])
+def test_an_output_set_replaces_the_old_one_whole_and_keeps_other_files(tmp_path, monkeypatch, atomic):
+    out = tmp_path / "run"
+    _old_set(out)
+    ino = out.stat().st_ino
+    swaps = []
+    real = fileio._exchange
+    monkeypatch.setattr(fileio, "_exchange", lambda a, b: swaps.append(1) or (atomic and real(a, b)))
+    with output_set(out, NAMES, force=True) as stage:
+        assert stage.parent == tmp_path and stage.name.startswith(".run.uat-new-")
+        (stage / "metrics.json").write_text("new")
+        (stage / "grid.png").write_text("new")
+        assert (out / "metrics.json").read_text() == "old"           # nothing in place before the block ends
+    # the new set, the old output it lacks removed, the user's own file kept, no staging folder left
+    assert files_under(out) == ["grid.png", "metrics.json", "notes.txt"]
+    assert {n: (out / n).read_text() for n in files_under(out)} == {"grid.png": "new", "metrics.json": "new",
+                                                                    "notes.txt": "mine"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and swaps == [1]
+    # on Linux the two folders traded places in one call (a new inode); elsewhere, or without it, file by file
+    assert (out.stat().st_ino != ino) == (atomic and sys.platform.startswith("linux"))
+
+
+def test_a_failed_or_refused_output_set_leaves_the_old_one_untouched(tmp_path):
+    out = tmp_path / "run"
+    _old_set(out)
+    with pytest.raises(RuntimeError):
+        with output_set(out, NAMES, force=True) as stage:
+            (stage / "metrics.json").write_text("new")
+            raise RuntimeError("disk full")
+    assert {n: (out / n).read_text() for n in files_under(out)}["metrics.json"] == "old"
+    assert len(files_under(out)) == 4 and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    with pytest.raises(UATError) as e:                            # without --force: refused before any staging
+        with output_set(out, NAMES):
+            pass
+    assert "--force" in one_line(e) and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_new_output_set_appears_at_once_with_the_users_umask(tmp_path):
+    import os
+    old = os.umask(0o027)
+    try:
+        with output_set(tmp_path / "a" / "run", NAMES) as stage:
+            write_json(stage / "metrics.json", {"x": 1})
+            assert not (tmp_path / "a" / "run").exists()
+    finally:
+        os.umask(old)
+    out = tmp_path / "a" / "run"
+    assert files_under(tmp_path / "a") == ["run/metrics.json"]
+    assert out.stat().st_mode & 0o777 == 0o750
+
+
+def test_a_killed_run_leaves_the_old_set_and_its_staging_folder_is_cleaned_next_time(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "run"
+    _old_set(out)
+    code = ("import sys, time; from uat_core.fileio import output_set\n"
+            f"with output_set({str(out)!r}, {NAMES!r}, force=True) as stage:\n"
+            "    (stage / 'metrics.json').write_text('new'); print('staged', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "staged"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert (out / "metrics.json").read_text() == "old" and len(files_under(out)) == 4
+    stale = [p for p in tmp_path.iterdir() if p.name != "run"]
+    assert len(stale) == 1 and ".uat-new-" in stale[0].name      # SIGKILL gave it no chance to clean up
+    time.sleep(0.01)
+    with output_set(out, NAMES, force=True) as stage:
+        (stage / "metrics.json").write_text("newer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert (out / "metrics.json").read_text() == "newer"
 
 
 def test_write_json_handles_infinity_nan_and_tensors(tmp_path):

@@ -216,7 +216,7 @@ def cmd_attack(args) -> int:
     from .device import pick_device
     from .evaluation import evaluate
     from .export import PERTURBATION_FILES, png_bytes, save_perturbation
-    from .fileio import atomic_bytes, prepare_out_dir, write_json
+    from .fileio import atomic_bytes, output_set, prepare_out_dir, write_json
     from .pipeline import make_attack
 
     # --- validate everything before any work
@@ -277,7 +277,6 @@ def cmd_attack(args) -> int:
     if same_images:
         print(f"note: {args.dataset[12:]} has no separate train and test (or val) folders: the test accuracy "
               "below is measured on the same images the attack is built on", file=sys.stderr)
-    out = prepare_out_dir(args.out, outputs, args.force)              # only once the data loaded
     run = make_attack(model, train, method, device, **cfg)
     res = run.run(progress=not args.quiet, desc={"idf": "iDeepFool", "strong": "strong attack"}.get(method, "Alg. 2"))
     m = evaluate(model, test.images, test.labels, res.delta, test.num_classes, device=device,
@@ -288,17 +287,20 @@ def cmd_attack(args) -> int:
     fixed_name, fixed = baseline_of(res, model, train.float_images(), train.labels, eps, args.norm, args.beta,
                                     args.target, args.seed, device)
     mf = evaluate(model, test.images, test.labels, fixed, test.num_classes, device=device, target=args.target)
-    files = save_perturbation(out, res.delta, eps, res.snapshots)
-    atomic_bytes(out / "grid.png", png_bytes(_grid(model, test, res.delta, device)))
-    beats = m["perturbed_top1"] < mf["perturbed_top1"]
-    metrics = {**m, "eps": args.eps, "beta": args.beta, "method": args.method, "attack": method,
-               "start": res.config.get("start", "zero"), "leaderboard": res.config.get("leaderboard"),
-               "best_fixed": {"name": fixed_name, "perturbed_top1": mf["perturbed_top1"]},
-               "beats_best_fixed": beats, "seconds": res.seconds,
-               "steps": res.steps, "attack_size": len(train), "eval_size": len(test),
-               "dataset": args.dataset, "checkpoint": str(args.checkpoint), "model": meta["arch"],
-               "test_is_attack_set": same_images, "config": res.config, "history": res.history, "files": files}
-    write_json(out / "metrics.json", metrics)
+    out = Path(args.out)
+    with output_set(out, outputs, args.force) as stage:   # the old set stays whole until the new one is in
+        files = {k: str(out / Path(v).name) for k, v in save_perturbation(stage, res.delta, eps,
+                                                                        res.snapshots).items()}
+        atomic_bytes(stage / "grid.png", png_bytes(_grid(model, test, res.delta, device)))
+        beats = m["perturbed_top1"] < mf["perturbed_top1"]
+        metrics = {**m, "eps": args.eps, "beta": args.beta, "method": args.method, "attack": method,
+                   "start": res.config.get("start", "zero"), "leaderboard": res.config.get("leaderboard"),
+                   "best_fixed": {"name": fixed_name, "perturbed_top1": mf["perturbed_top1"]},
+                   "beats_best_fixed": beats, "seconds": res.seconds,
+                   "steps": res.steps, "attack_size": len(train), "eval_size": len(test),
+                   "dataset": args.dataset, "checkpoint": str(args.checkpoint), "model": meta["arch"],
+                   "test_is_attack_set": same_images, "config": res.config, "history": res.history, "files": files}
+        write_json(stage / "metrics.json", metrics)
     print(f"clean top-1 {100 * m['clean_top1']:.1f}% -> perturbed top-1 {100 * m['perturbed_top1']:.1f}% "
           f"(fooling ratio {100 * m['fooling_ratio']:.1f}%, ε = {args.eps:g}/255, {res.seconds:.1f} s, "
           f"{method}{', start ' + res.config['start'] if method == 'strong' else ''}); best fixed pattern "
@@ -313,7 +315,7 @@ def cmd_eval(args) -> int:
     from .device import pick_device
     from .evaluation import evaluate
     from .export import load_perturbation, png_bytes
-    from .fileio import atomic_bytes, prepare_out_dir, write_json
+    from .fileio import atomic_bytes, output_set, prepare_out_dir, write_json
 
     _check_size(args.eval_size, "--eval-size")
     info0 = dataset_info(args.dataset, args.image_size)
@@ -324,13 +326,14 @@ def cmd_eval(args) -> int:
     delta = load_perturbation(args.perturbation, info["shape"])
     prepare_out_dir(args.out, ["metrics.json", "grid.png"], args.force, create=False)
     test = _data(args, "test", info, limit=args.eval_size)            # a data error leaves no --out folder
-    out = prepare_out_dir(args.out, ["metrics.json", "grid.png"], args.force)
+    out = Path(args.out)
     m = evaluate(model, test.images, test.labels, delta, test.num_classes, device=device)
     eps255 = float(delta.abs().max()) * 255
-    atomic_bytes(out / "grid.png", png_bytes(_grid(model, test, delta, device)))
-    write_json(out / "metrics.json", {**m, "eps": round(eps255, 3), "dataset": args.dataset,
-                                      "checkpoint": str(args.checkpoint), "perturbation": str(args.perturbation),
-                                      "model": meta["arch"], "eval_size": len(test)})
+    with output_set(out, ["metrics.json", "grid.png"], args.force) as stage:
+        atomic_bytes(stage / "grid.png", png_bytes(_grid(model, test, delta, device)))
+        write_json(stage / "metrics.json", {**m, "eps": round(eps255, 3), "dataset": args.dataset,
+                                            "checkpoint": str(args.checkpoint), "perturbation": str(args.perturbation),
+                                            "model": meta["arch"], "eval_size": len(test)})
     print(f"clean top-1 {100 * m['clean_top1']:.1f}% -> perturbed top-1 {100 * m['perturbed_top1']:.1f}% "
           f"(fooling ratio {100 * m['fooling_ratio']:.1f}%, ‖δ‖∞ = {eps255:.2f}/255); wrote {out}")
     return 0
@@ -372,7 +375,7 @@ def cmd_train(args) -> int:
     from .data import dataset_info
     from .device import pick_device
     from .evaluation import evaluate
-    from .fileio import atomic_write, prepare_out_dir, write_json
+    from .fileio import atomic_write, output_set, prepare_out_dir, write_json
     from .models import check_arch
     from .pipeline import make_trainer, meta_for, robustness_report
     from .training import default_config_for
@@ -515,14 +518,16 @@ def cmd_train(args) -> int:
                                     args.report_attack_epochs, 9.0, args.seed, device, progress=not args.quiet)
             rep.pop("delta")
             metrics.update(robust_top1=rep["robust_top1"], robust_top5=rep["robust_top5"], robustness=rep)
-        if res.delta is not None:
-            atomic_write(out / "delta.pt", lambda tmp: torch.save(res.delta, tmp))
-        save_checkpoint(out / "model.pt", trainer.model, meta_for(args.model, train, training_meta,
-                                                                 {k: metrics[k] for k in metrics
-                                                                  if k in ("clean_top1", "robust_top1")}))
         metrics["config"] = cfg.to_dict()
         metrics["history"] = res.history
-        write_json(out / "metrics.json", metrics)
+        # the final set replaces an old one whole (--force; checked before training); checkpoint.pt stays
+        with output_set(out, ["model.pt", "metrics.json", "delta.pt"], force=True) as stage:
+            if res.delta is not None:
+                atomic_write(stage / "delta.pt", lambda tmp: torch.save(res.delta, tmp))
+            save_checkpoint(stage / "model.pt", trainer.model, meta_for(args.model, train, training_meta,
+                                                                       {k: metrics[k] for k in metrics
+                                                                        if k in ("clean_top1", "robust_top1")}))
+            write_json(stage / "metrics.json", metrics)
         rob = f", robust top-1 {100 * metrics['robust_top1']:.1f}%" if "robust_top1" in metrics else ""
         print(f"{args.algorithm}: clean top-1 {100 * metrics['clean_top1']:.1f}%{rob} "
               f"({res.seconds:.1f} s of training); wrote {out}")

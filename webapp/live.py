@@ -23,6 +23,7 @@ from uat_core import plots
 from uat_core.errors import UATError
 
 from . import state, ui
+from .budget import Estimate
 from .jobs import Job
 from .scheduler import SCHEDULER
 
@@ -48,10 +49,13 @@ def running(slot: str) -> bool:
     return job is not None and not job.done
 
 
-def _start(slot: str, make: Callable[[], Job]) -> None:
+def _start(slot: str, make: Callable[[], Job], cost: "Estimate | None" = None) -> None:
     if running(slot):                        # a second click before the button was redrawn: one job per page
         return
     st.session_state.pop(f"_err_{slot}", None)
+    if cost is not None and not cost.allowed:        # the button is disabled then; this guards a stale click
+        st.session_state[f"_err_{slot}"] = cost.message
+        return
     try:
         job = make()
     except UATError as e:
@@ -72,15 +76,23 @@ def _stop(slot: str) -> None:
 
 
 def controls(slot: str, make: Callable[[], Job], label: str = "Run", disabled: bool = False,
-             help: str | None = None, where=None) -> None:
-    """Run and Stop buttons (in ``where``, default the sidebar); errors from starting show below them."""
+             help: str | None = None, where=None, cost: "Estimate | None" = None) -> None:
+    """Run and Stop buttons (in ``where``, default the sidebar); errors from starting show below them.
+
+    ``cost`` (a :class:`webapp.budget.Estimate` of the current settings) is shown under the buttons; settings
+    over the server's cap disable Run and say what to change."""
     where = where or st.sidebar
     busy = running(slot)
+    over = cost is not None and not cost.allowed
     c1, c2 = where.columns(2)
-    c1.button(label, key=f"{slot}_run", type="primary", disabled=busy or disabled, on_click=_start,
-              args=(slot, make), help=help, width="stretch", icon=":material/play_arrow:")
+    c1.button(label, key=f"{slot}_run", type="primary", disabled=busy or disabled or over, on_click=_start,
+              args=(slot, make, cost), help=help, width="stretch", icon=":material/play_arrow:")
     c2.button("Stop", key=f"{slot}_stop", disabled=not busy, on_click=_stop, args=(slot,), width="stretch",
               icon=":material/stop:")
+    if over:
+        where.warning(cost.message, icon=":material/block:")
+    elif cost is not None:
+        where.caption(cost.message)
     err = st.session_state.get(f"_err_{slot}")
     if err:
         where.error(err)

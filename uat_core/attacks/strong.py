@@ -103,6 +103,26 @@ class StrongConfig:
         return d
 
 
+def halving_plan(epochs: int, n_starts: int, rounds: int) -> list[tuple[int, int]]:
+    """(starts in the round, epochs each) per round of successive halving; the last entry is the winner's
+    last stretch.
+
+    E = 10, 5 starts: (5, 1), (3, 2), (2, 2), (1, 5): 20 epochs in all, the winner's adding up to E."""
+    E, n = epochs, n_starts
+    rounds = min(rounds, max(0, math.ceil(math.log2(n)))) if n > 1 else 0
+    per = max(1, E // (rounds + 2)) if rounds else 0
+    plan, used = [], 0
+    for r in range(rounds):
+        ep = max(1, per // 2) if r == 0 else per          # the first round only sorts out the hopeless
+        if used + ep >= E:
+            break
+        plan.append((n, ep))
+        used += ep
+        n = max(1, math.ceil(n / 2))
+    plan.append((1, E - used))
+    return plan
+
+
 @dataclass
 class Start:
     name: str                         # "zero", "rand± #3", "anti p=4 φ=1 c=---", ...
@@ -146,22 +166,7 @@ class StrongUniversalAttack(Run):
         return self.cfg.top_k + ("zero" in self.cfg.init and self.cfg.init != ("zero",))
 
     def _plan(self) -> list[tuple[int, int]]:
-        """(starts in the round, epochs each) per round; the last entry is the winner's last stretch.
-
-        E = 10, 5 starts: (5, 1), (3, 2), (2, 2), (1, 5): 20 epochs in all, the winner's adding up to E."""
-        E, n = self.cfg.epochs, self.n_starts()
-        rounds = min(self.cfg.rounds, max(0, math.ceil(math.log2(n)))) if n > 1 else 0
-        per = max(1, E // (rounds + 2)) if rounds else 0
-        plan, used = [], 0
-        for r in range(rounds):
-            ep = max(1, per // 2) if r == 0 else per          # the first round only sorts out the hopeless
-            if used + ep >= E:
-                break
-            plan.append((n, ep))
-            used += ep
-            n = max(1, math.ceil(n / 2))
-        plan.append((1, E - used))
-        return plan
+        return halving_plan(self.cfg.epochs, self.n_starts(), self.cfg.rounds)
 
     # ---- pieces --------------------------------------------------------------------------------
     def _objective(self, model, delta: torch.Tensor) -> tuple[float, float]:
@@ -305,4 +310,4 @@ def strong_attack(model, images, labels, config: StrongConfig | None = None, **k
     return StrongUniversalAttack(model, images, labels, config, **kw).run(callback, progress, "strong attack")
 
 
-__all__ = ["StrongConfig", "StrongUniversalAttack", "strong_attack", "INITS", "OPTIMIZERS"]
+__all__ = ["StrongConfig", "StrongUniversalAttack", "strong_attack", "halving_plan", "INITS", "OPTIMIZERS"]

@@ -9,8 +9,9 @@ loads the attack lab with the same small settings in each, then presses Run in a
 fraction of a second. For each session it records
 
 * **feedback**: seconds from its click to the first sign of life on its page: its queue position
-  ("number k in the queue") or its live progress line ("of computation");
-* **result**: seconds from its click to its finished result (the "Seconds" metric of the result);
+  ("number k in the queue"), the "Starting …" bar or its live progress line ("of computation");
+* **result**: seconds from its click to its finished result (the "Seconds" metric of a result that is its own,
+  not the precomputed default the page opens with);
 * errors: an exception box, or no result within the time limit.
 
 Per K it prints the worst feedback, the first and the last result, and the ratio of the last result to
@@ -80,15 +81,21 @@ def idle(pg, timeout: float = 120) -> None:
         pg.wait_for_timeout(100)
 
 
-def one_round(browser, base: str, k: int, url: str, timeout: float) -> list[dict]:
-    """K sessions click Run together; returns one row per session."""
+def one_round(browser, base: str, k: int, url: str, timeout: float, seed0: int) -> list[dict]:
+    """K sessions click Run together; returns one row per session.
+
+    Every session gets its own seed (``lab_seed``), never used before in this server: the app shares finished
+    results between sessions with the same settings, so with one seed for all a page would open showing an
+    earlier session's result, and each session's own run is what is measured here."""
     ctxs = [browser.new_context(viewport={"width": 1280, "height": 900}) for _ in range(k)]
     pages = [c.new_page() for c in ctxs]
-    for pg in pages:
-        pg.goto(f"{base}/{url}")
+    for i, pg in enumerate(pages):
+        pg.goto(f"{base}/{url}{'&' if '?' in url else '?'}lab_seed={seed0 + i}")
     for pg in pages:
         pg.get_by_role("heading", name="Universal attack lab").first.wait_for(timeout=120_000)
         idle(pg)
+        if not pg.get_by_text("to compute the current settings").count():     # the page shows the default result
+            raise SystemExit("error: a page already shows a result for its own settings before Run (a reused seed?)")
     rows = [{"feedback": None, "result": None, "error": None} for _ in pages]
     clicked = []
     for pg in pages:                                     # all K clicks within a fraction of a second
@@ -101,9 +108,11 @@ def one_round(browser, base: str, k: int, url: str, timeout: float) -> list[dict
             now = time.perf_counter()
             try:
                 if r["feedback"] is None and (pg.get_by_text("in the queue").count()
-                                              or pg.get_by_text("of computation").count()):
+                                              or pg.get_by_text("of computation").count()
+                                              or pg.get_by_text("Starting …").count()):
                     r["feedback"] = now - t0
-                if pg.get_by_text("Seconds", exact=True).count():
+                if pg.get_by_text("Seconds", exact=True).count() and \
+                        not pg.get_by_text("to compute the current settings").count():   # its own result
                     r["result"] = now - t0
                     r["feedback"] = r["feedback"] if r["feedback"] is not None else now - t0
                 elif pg.locator('[data-testid="stException"]').count():
@@ -145,9 +154,11 @@ def main(argv=None) -> int:
                                          args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                                                "--disable-renderer-backgrounding",
                                                "--disable-background-timer-throttling"])
-            one_round(browser, base, 1, args.url, args.timeout)        # warm-up: imports, caches, first run
+            seed = 1000
+            one_round(browser, base, 1, args.url, args.timeout, seed)  # warm-up: imports, caches, first run
             for k in ks:
-                rows = one_round(browser, base, k, args.url, args.timeout)
+                seed += 100
+                rows = one_round(browser, base, k, args.url, args.timeout, seed)
                 res = [r["result"] for r in rows if r["result"] is not None]
                 fb = [r["feedback"] for r in rows if r["feedback"] is not None]
                 errors = [r["error"] for r in rows if r["error"]]

@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from uat_core import protocol  # noqa: E402
 from uat_core.attacks import IDeepFool, IDFConfig  # noqa: E402
 from uat_core.data import load_dataset  # noqa: E402
 from uat_core.errors import UATError  # noqa: E402
 from uat_core.evaluation import predict  # noqa: E402
-from uat_core.pipeline import make_attack  # noqa: E402
 
 
 def top1(model, test, delta) -> float:
@@ -47,10 +47,10 @@ def top1(model, test, delta) -> float:
 def compare(model, train, test, eps: float, epochs: int) -> dict:
     """Plain Alg. 2, the best fixed pattern and the strong attack on one model (same attack images)."""
     t = time.perf_counter()
-    plain = make_attack(model, train, "alg2", eps=eps, beta=9.0, epochs=epochs, snapshot_every=0).run()
+    plain = protocol.attack_run(model, train, "alg2", eps, epochs).run()
     t_plain = time.perf_counter() - t
     t = time.perf_counter()
-    strong = make_attack(model, train, "strong", eps=eps, beta=9.0, epochs=epochs, snapshot_every=0).run()
+    strong = protocol.attack_run(model, train, "strong", eps, epochs).run()
     t_strong = time.perf_counter() - t
     return {"clean": top1(model, test, None), "alg2": top1(model, test, plain.delta), "alg2_s": t_plain,
             "fixed": top1(model, test, strong.best_fixed), "fixed_name": strong.config["best_fixed"]["name"],

@@ -8,6 +8,8 @@ committed notebooks match). Each notebook's content lives in its own module ``_n
 """
 from __future__ import annotations
 
+import json
+
 import sys
 from pathlib import Path
 from textwrap import dedent
@@ -53,12 +55,8 @@ def solution_md(text: str):
 SETUP_HEAD = '''\
 # Setup: imports, the fast mode, and which data and models this notebook uses.
 import math
-import os
-import sys
 import time
 from pathlib import Path
-
-# the engine is the installed package (pip install -r requirements.txt installs it, editable)
 
 import ipywidgets as widgets
 import pandas as pd
@@ -66,51 +64,19 @@ import plotly.graph_objects as go
 import torch
 from IPython.display import Image, Markdown, display
 
-from uat_core import experiments, export, plots, zoo
-from uat_core.data import load_dataset, resolve_data_root
+from uat_core import experiments, export, notebook, plots, zoo
 from uat_core.evaluation import evaluate, predict
 {imports}
-FAST = os.environ.get("UAT_FAST") == "1"    # UAT_FAST=1: the quick CI run (digits, tiny sets, few epochs)
-if FAST:                                    # as the test suite: one intra-op thread (UAT_TEST_THREADS overrides)
-    torch.set_num_threads(int(os.environ.get("UAT_TEST_THREADS", "1")))
-torch.manual_seed(0)
-
-# CIFAR-10 when its images ($UAT_DATA) and the zoo models this notebook needs are both here, else
-# scikit-learn's 8x8 digits upsampled to 32x32 (bundled, offline, instant). PREFER = "digits" forces those.
-PREFER = "auto"
-NEEDS = {needs!r}  # the zoo models (by training algorithm) used below
-DATA_ROOT = resolve_data_root(None)                                   # $UAT_DATA, if set
-if DATA_ROOT and not Path(DATA_ROOT).expanduser().is_dir() and (Path.cwd().parent / DATA_ROOT).is_dir():
-    DATA_ROOT = str(Path.cwd().parent / DATA_ROOT)                    # given relative to the project root
-HAVE_CIFAR = bool(DATA_ROOT) and Path(DATA_ROOT).expanduser().is_dir()
-CIFAR_ZOO = {{m["algorithm"]: m["name"] for m in zoo.list_models("cifar10")}}
-MISSING = [a for a in NEEDS if a not in CIFAR_ZOO]
-USE_CIFAR = PREFER == "auto" and not FAST and HAVE_CIFAR and not MISSING
-DATASET = "cifar10" if USE_CIFAR else "digits"
-EPS = 8 if USE_CIFAR else 32               # ε in 0-255 pixel units: the paper's 8 on CIFAR-10; digits need more
-ZOO = {{m["algorithm"]: m["name"] for m in zoo.list_models(DATASET)}}    # training algorithm -> zoo model name
-MANIFEST = {{m["name"]: m for m in zoo.list_models()}}                    # zoo name -> its manifest entry
+# CIFAR-10 when its images ($UAT_DATA) and the zoo models below are both here, else scikit-learn's 8x8 digits
+# upsampled to 32x32 (bundled, offline, instant); UAT_FAST=1 (the tests) always uses digits.
+# notebook.choose(..., prefer="digits") forces digits.
+NB = notebook.choose(needs={needs})
+FAST, USE_CIFAR, DATASET, EPS, ZOO, MANIFEST = NB.fast, NB.use_cifar, NB.dataset, NB.eps, NB.zoo, NB.manifest
 
 # How much work each cell does: FAST for CI, then the full sizes students run.
 {sizes}
-train = load_dataset(DATASET, "train", root=DATA_ROOT, limit=TRAIN_SIZE, progress=False)
-test = load_dataset(DATASET, "test", root=DATA_ROOT, limit=TEST_SIZE, progress=False)
-
-if USE_CIFAR:
-    reason = "its images ($UAT_DATA) and its zoo models are both available"
-elif FAST:
-    reason = "fast mode (UAT_FAST=1) always uses digits"
-elif PREFER != "auto":
-    reason = f"PREFER = {{PREFER!r}}"
-elif DATA_ROOT is None:
-    reason = "CIFAR-10 was not found; start JupyterLab with UAT_DATA=<CIFAR-10 folder> to use it"
-elif not HAVE_CIFAR:
-    reason = f"UAT_DATA={{DATA_ROOT}} is not a folder"
-else:
-    reason = f"the zoo has no CIFAR-10 {{'/'.join(MISSING)}} model yet (assets/models/manifest.json)"
-display(Markdown(f"**Dataset: {{DATASET}}** ({{reason}}).  \\n{{train.source}}: {{len(train)}} training and "
-                 f"{{len(test)}} test images used here, ε = {{EPS}}/255."
-                 + ("  \\n**Fast mode**: tiny sets and few epochs, so the numbers below are rough." if FAST else "")))
+train, test = NB.load(TRAIN_SIZE, TEST_SIZE)
+display(Markdown(NB.summary(train, test)))
 '''
 
 
@@ -120,7 +86,7 @@ def setup_cell(sizes: str, imports: str = "", needs: tuple = ("natural",)) -> ob
     ``needs``: the zoo models (by training algorithm) without which the notebook falls back to digits.
     """
     return code(SETUP_HEAD.format(sizes=dedent(sizes).strip("\n"), imports=dedent(imports).strip("\n") + "\n",
-                                  needs=list(needs)))
+                                  needs=json.dumps(list(needs))))
 
 
 # ---- writing -----------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def cells():
             for key, label in (("idf", "Alg. 1 (iDeepFool)"), ("alg2", "Alg. 2 (sign SGD, β = 9)")):
                 res = results[key]
                 rows.append({"method": label, "seconds": round(res["seconds"], 1), "minibatch steps": res["steps"],
-                             "backward passes": res["config"].get("backwards", res["steps"]),
+                             "backward passes": res.get("backwards", res["steps"]),
                              "test accuracy under δ (%)": round(100 * res["perturbed_top1"], 1),
                              "fooling ratio (%)": round(100 * res["fooling_ratio"], 1)})
             return pd.DataFrame(rows)

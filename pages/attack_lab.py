@@ -7,7 +7,7 @@ import streamlit as st
 
 from uat_core import plots
 from uat_core.attacks.universal import DEFAULT_STEP
-from uat_core.evaluation import evaluate
+from uat_core import experiments
 from uat_core.export import comparison_grid
 from webapp import live, page, state, ui
 from webapp import settings as S
@@ -111,20 +111,8 @@ if job is not None and not job.done:
 def shipped_result(ds: str, algo: str, sha: str, test_size: int) -> dict:
     """The zoo model's own shipped δ on the test images (when nothing has been computed yet)."""
     p = state.zoo_model(ds, algo)
-    delta = state.zoo_delta(ds, algo)
-    t = state.test_set(ds, test_size)
-    m = evaluate(p.model, t.images, t.labels, delta, t.num_classes, device=state.device())
-    from webapp.jobs import preview
-    from uat_core.attacks.bank import bank_pattern
-    fixed = None
-    if p.entry.get("fixed_pattern"):
-        pat = bank_pattern(p.entry["fixed_pattern"], tuple(delta.shape), float(p.entry["eps"]) / 255)
-        fixed = {"name": p.entry["fixed_pattern"],
-                 "perturbed_top1": evaluate(p.model, t.images, t.labels, pat, t.num_classes)["perturbed_top1"]}
-    a = p.entry.get("perturbation_attack", {})
-    return {"metrics": m, "delta": delta, "history": [], "snapshots": [(0, delta)], "seconds": None, "steps": None,
-            "stopped": False, "config": a, "attack": a.get("attack", "alg2"), "fixed": fixed,
-            "preview": preview(p.model, t, delta, device=state.device())}
+    return experiments.shipped(p.model, state.zoo_delta(ds, algo), state.test_set(ds, test_size), p.entry,
+                               state.device())
 
 
 if picked is None:

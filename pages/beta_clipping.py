@@ -7,10 +7,9 @@ import pandas as pd
 import streamlit as st
 
 from uat_core import plots
-from uat_core.experiments import summarize
+from uat_core.experiments import beta_points, summarize
 from webapp import live, page, ui
 from webapp import settings as S
-from webapp.jobs import beta_points
 
 PAGE = "beta"
 P = page.open_page(PAGE, "β clipping",

@@ -5,9 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from uat_core import plots
-from uat_core.experiments import summarize
+from uat_core.experiments import size_points, summarize
 from webapp import live, page, ui
-from webapp.jobs import size_points
 
 PAGE = "size"
 P = page.open_page(PAGE, "How much data does a universal attack need?",

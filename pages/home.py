@@ -9,7 +9,7 @@ from uat_core.zoo import trained_on
 from webapp import settings as S
 from webapp import state, ui
 from webapp.boot import through_app
-from webapp.jobs import preview
+from uat_core.experiments import preview
 
 through_app()
 

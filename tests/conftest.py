@@ -27,6 +27,12 @@ HAS_CIFAR = (CIFAR_ROOT / "test").is_dir() and (CIFAR_ROOT / "train").is_dir()
 needs_cifar = pytest.mark.skipif(not HAS_CIFAR, reason=f"no CIFAR-10 ImageFolder copy at {CIFAR_ROOT}")
 
 
+# The README's test command (`python -m pytest`) runs the notebooks too (nbmake, testpaths in pyproject.toml):
+# their kernels inherit this environment, so they run in fast mode (digits, tiny sets: seconds each) unless
+# UAT_FAST is set otherwise. Without this they ran at full size, on CIFAR-10 whenever $UAT_DATA was set.
+os.environ.setdefault("UAT_FAST", "1")
+
+
 def pytest_configure(config):
     # The tests use small batches, where a second intra-op thread gains little, while on a shared or busy
     # runner two spinning OpenMP threads per process slow everything down several times over. One thread

@@ -548,7 +548,8 @@ def test_downloads_hold_the_perturbation(eng):
 
 def test_job_advances_in_slices_stops_cleanly_and_reports_user_errors(eng):
     from uat_core.errors import UATError
-    from webapp.jobs import Job, attack_job
+    from uat_core.experiments import attack as attack_job
+    from webapp.jobs import Job
     done = []
     job = Job("t", attack_job, eng["model"], eng["train"].subset(256, seed=0), eng["test"],
               {"eps": 32, "epochs": 3, "seed": 0}, on_done=done.append)
@@ -658,3 +659,23 @@ def test_settings_over_the_cap_disable_run_and_say_why(monkeypatch):
     at = open_page("attack_lab")
     assert not next(b for b in at.button if b.key == "lab_run").disabled
     assert any("Estimated cost" in c.value for c in at.sidebar.caption)
+
+
+def test_the_single_streamlit_shim_matches_the_streamlit_it_runs_on():
+    """webapp/boot.py copies, early, what st.navigation's first call does. If a Streamlit release renames the
+    attribute or stops setting it, deep links to a fresh server would break silently: fail here instead."""
+    import inspect
+    import re
+
+    import streamlit
+    from packaging.specifiers import SpecifierSet
+    from streamlit.commands import navigation
+    from streamlit.runtime.pages_manager import PagesManager
+
+    assert "uses_pages_directory" in vars(PagesManager), "PagesManager.uses_pages_directory is gone"
+    assert "PagesManager.uses_pages_directory = False" in inspect.getsource(navigation.navigation), \
+        "st.navigation no longer sets PagesManager.uses_pages_directory = False: revisit webapp/boot.py"
+    req = (Path(__file__).resolve().parents[1] / "requirements.txt").read_text()
+    spec = SpecifierSet(re.search(r"^streamlit([<>=!,.\d]+)", req, re.M).group(1))
+    assert "<" in str(spec), "requirements.txt must cap Streamlit at the versions this test has covered"
+    assert streamlit.__version__ in spec, f"Streamlit {streamlit.__version__} is outside {spec}"

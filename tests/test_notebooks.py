@@ -44,8 +44,10 @@ def test_valid_v4_without_outputs(path):
 def test_first_code_cell_honours_uat_fast(path):
     nb = nbformat.read(path, as_version=4)
     first = _code_cells(nb)[0].source
-    assert 'FAST = os.environ.get("UAT_FAST") == "1"' in first
+    assert re.search(r"^NB = notebook\.choose\(needs=\[", first, re.M), "the setup is the library call"
+    assert "FAST, USE_CIFAR, DATASET, EPS, ZOO, MANIFEST = NB.fast," in first
     assert re.search(r"^if FAST:", first, re.M), "the sizes must depend on FAST"
+    assert len(first.splitlines()) < 40, "the setup cell stays short: the logic lives in uat_core.notebook"
     assert "sys.path.insert" not in first, "the engine is the installed package (requirements.txt: -e .)"
     assert "from uat_core" in first or "import uat_core" in first
 
@@ -111,3 +113,29 @@ def test_datasize_sweep_can_hold_the_number_of_steps_fixed():
     fixed = list(experiments.datasize_sweep(model, train, test, sizes=(16, 96), repeats=1, eps=32,
                                             batch_size=32, epochs=1))
     assert [r["steps"] for r in fixed] == [1, math.ceil(96 / 32)]
+
+
+def test_the_setup_call_picks_digits_in_fast_mode_and_says_why_otherwise(monkeypatch, tmp_path):
+    import torch
+
+    from uat_core import notebook
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("UAT_FAST", "1")
+        monkeypatch.setenv("UAT_DATA", str(tmp_path))
+        nb = notebook.choose(needs=["natural"])
+        assert (nb.dataset, nb.eps, nb.fast, torch.get_num_threads()) == ("digits", 32, True, 1)
+        assert "fast mode" in nb.reason and nb.zoo["natural"].startswith("digits_")
+        monkeypatch.delenv("UAT_FAST")
+        monkeypatch.delenv("UAT_DATA")
+        assert "CIFAR-10 was not found" in notebook.choose().reason
+        monkeypatch.setenv("UAT_DATA", str(tmp_path / "nowhere"))
+        assert "is not a folder" in notebook.choose().reason
+        monkeypatch.setenv("UAT_DATA", str(tmp_path))
+        nb = notebook.choose(needs=["natural", "no_such_algorithm"])
+        assert nb.dataset == "digits" and "no CIFAR-10 no_such_algorithm model" in nb.reason
+        assert notebook.choose(prefer="digits").dataset == "digits"
+        train, test = nb.load(20, 10)
+        assert (len(train), len(test)) == (20, 10) and "**Dataset: digits**" in nb.summary(train, test)
+    finally:
+        torch.set_num_threads(threads)

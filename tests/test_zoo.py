@@ -1,4 +1,5 @@
 """The shipped zoo: manifest matches the files, models load safely and reproduce their recorded figures."""
+import json
 import os
 
 import pytest
@@ -93,3 +94,29 @@ def test_cifar10_recipe_follows_the_device():
         assert c[:2] == g[:2]                                    # the same training algorithm
         assert epochs(c) <= 10 and epochs(c) < epochs(g)
     assert zoo.recipe("digits", "uat", cpu) == zoo.recipe("digits", "uat", gpu)
+
+
+def test_the_zoo_trains_in_process_through_the_cli_train_function(tmp_path, monkeypatch):
+    """No subprocess, no metrics.json read back: the metrics come from uat_core.cli.train, which `uat train`
+    runs too; the command recorded in the model's metadata names no absolute path."""
+    import subprocess
+
+    from uat_core import zoo
+    from uat_core.checkpoint import read_checkpoint
+
+    def no_subprocess(*a, **kw):
+        raise AssertionError("the zoo must not start a subprocess to train")
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    monkeypatch.setattr(zoo, "RUNS", tmp_path / "runs")
+    monkeypatch.setitem(zoo.RECIPES["digits"]["models"], "natural",
+                        ["--algorithm", "natural", "--epochs", "1", "--train-size", "64", "--eval-size", "32",
+                         "--no-report", "--quiet"])
+    out, metrics = zoo._train("digits", "natural", None, [], torch.device("cpu"))
+    assert out == tmp_path / "runs" / "digits_smallcnn_natural"
+    assert metrics["epochs"] == 1 and metrics["train_size"] == 64 and metrics["eval_size"] == 32
+    assert json.loads((out / "metrics.json").read_text())["clean_top1"] == metrics["clean_top1"]
+    command = read_checkpoint(out / "model.pt")["meta"]["training"]["command"]
+    assert command.startswith("python -m uat_core train --dataset digits") and str(zoo.ROOT) not in command
+    again, m2 = zoo._train("digits", "natural", None, [], torch.device("cpu"))   # finished: not trained again
+    assert again == out and m2["clean_top1"] == metrics["clean_top1"]

@@ -15,7 +15,9 @@ Modules, one idea each:
     plots         plotly figures shared by the app and the notebooks
     events        the progress-event stream every long run speaks
     pipeline      recipes shared by the CLI, the app and the notebooks (make_attack, robustness_report)
-    experiments   the paper's sweeps as generators (β, attack-set size, iDeepFool vs Alg. 2, transfer)
+    experiments   the paper's experiments, once, as generators the app, the notebooks and the precompute
+                  script all drive (attack, bank, β and data-size sweeps, optimizer race, iDeepFool vs Alg. 2,
+                  train-then-attack, transfer)
     cli           python -m uat_core / the `uat` command: train, attack, eval, zoo
     zoo           the shipped models and their perturbations
     report        docs/results.md: every zoo model under every attack

@@ -364,13 +364,30 @@ def _init_weights(args, train) -> dict:
     return {"state_dict": obj["state_dict"], "source": src if not Path(src).is_file() else path.name}
 
 
-def cmd_train(args) -> int:
+def train(argv: list[str]) -> dict:
+    """Train in this process exactly as ``uat train ARGV`` does (the same checks, resume, checkpoints, outputs
+    in ``--out``) and return the metrics it wrote to metrics.json. The zoo builds its models through this.
+
+    Raises :class:`UATError` for bad input, and when the run stops before its end (Ctrl-C / SIGTERM: the
+    checkpoint is saved, the same call with ``--resume`` continues)."""
+    args = build_parser().parse_args(["train", *argv])
+    args.argv = ["train", *argv]
+    sink: dict = {}
+    rc = cmd_train(args, sink)
+    if rc != 0 or "metrics" not in sink:
+        raise UATError(f"training in {args.out} stopped before its end (exit {rc}); run it again with --resume")
+    return sink["metrics"]
+
+
+def cmd_train(args, sink: dict | None = None) -> int:
+    """``uat train``; with ``sink``, the metrics written to metrics.json are also put in ``sink["metrics"]``."""
     import os
     import signal
     import threading
 
     import torch.distributed as dist
 
+    from . import protocol
     from .checkpoint import read_checkpoint, save_checkpoint
     from .data import dataset_info
     from .device import pick_device
@@ -515,7 +532,8 @@ def cmd_train(args) -> int:
         metrics.update(clean_top1=m["clean_top1"], clean_top5=m["clean_top5"], eval_size=len(test))
         if not args.no_report:
             rep = robustness_report(trainer.model, train, test, report_eps, args.report_attack_size,
-                                    args.report_attack_epochs, 9.0, args.seed, device, progress=not args.quiet)
+                                    args.report_attack_epochs, protocol.BETA, args.seed, device,
+                                    progress=not args.quiet)
             rep.pop("delta")
             metrics.update(robust_top1=rep["robust_top1"], robust_top5=rep["robust_top5"], robustness=rep)
         metrics["config"] = cfg.to_dict()
@@ -528,6 +546,8 @@ def cmd_train(args) -> int:
                                                                        {k: metrics[k] for k in metrics
                                                                         if k in ("clean_top1", "robust_top1")}))
             write_json(stage / "metrics.json", metrics)
+        if sink is not None:
+            sink["metrics"] = metrics
         rob = f", robust top-1 {100 * metrics['robust_top1']:.1f}%" if "robust_top1" in metrics else ""
         print(f"{args.algorithm}: clean top-1 {100 * metrics['clean_top1']:.1f}%{rob} "
               f"({res.seconds:.1f} s of training); wrote {out}")

@@ -1,12 +1,12 @@
 """High-level recipes shared by the CLI, the app and the notebooks (thin glue over the engine)."""
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 
 from .attacks import AttackConfig, IDeepFool, IDFConfig, StrongConfig, StrongUniversalAttack, UniversalAttack
+from . import protocol
 from .checkpoint import model_meta
 from .data import ImageData
 from .evaluation import evaluate
@@ -37,8 +37,8 @@ def make_attack(model, attack_set: ImageData, method: str = "alg2", device=None,
 
 
 def robustness_report(model, train: ImageData, test: ImageData, eps: float = 8.0, attack_size: int = 2000,
-                      epochs: int = 10, beta: float = 9.0, seed: int = 0, device=None, progress=False,
-                      attack: str = "strong") -> dict:
+                      epochs: int = protocol.EPOCHS, beta: float = protocol.BETA, seed: int = protocol.SEED,
+                      device=None, progress=False, attack: str = "strong") -> dict:
     """A fresh universal attack built from scratch against the trained model on ``attack_size`` training
     images, then clean and robust accuracy on ``test``, with the best fixed bank pattern beside it.
 
@@ -47,12 +47,7 @@ def robustness_report(model, train: ImageData, test: ImageData, eps: float = 8.0
     from .attacks.bank import baseline_of
     t0 = time.perf_counter()
     sub = train.subset(attack_size, seed)
-    if attack == "strong":
-        run = make_attack(model, sub, "strong", device, eps=eps, beta=beta, epochs=epochs, seed=seed,
-                          snapshot_every=0)
-    else:
-        run = make_attack(model, sub, "alg2", device, eps=eps, beta=beta, optimizer="pgd", epochs=epochs,
-                          seed=seed, snapshot_every=0)
+    run = protocol.attack_run(model, sub, attack, eps, epochs, seed, device, beta=beta)
     res = run.run(progress=progress, desc=f"robustness attack ({attack})")
     fixed_name, fixed = baseline_of(res, model, sub.float_images(), sub.labels, eps / 255.0, beta=beta, seed=seed,
                                     device=device)
@@ -62,10 +57,8 @@ def robustness_report(model, train: ImageData, test: ImageData, eps: float = 8.0
             "robust_top5": m["perturbed_top5"], "fooling_ratio": m["fooling_ratio"],
             "fixed_top1": mf["perturbed_top1"], "fixed_pattern": fixed_name,
             "beats_fixed": m["perturbed_top1"] < mf["perturbed_top1"],
-            "attack": {"attack": attack, "eps": eps, "beta": beta if math.isfinite(beta) else "inf",
-                       "optimizer": "pgd", "epochs": epochs, "attack_size": min(attack_size, len(train)),
-                       "seed": seed, "start": res.config.get("start", "zero"),
-                       "seconds": time.perf_counter() - t0}, "delta": res.delta}
+            "attack": protocol.record(attack, eps, min(attack_size, len(train)), res, epochs, seed, beta,
+                                      seconds=time.perf_counter() - t0), "delta": res.delta}
 
 
 def make_trainer(arch: str, train: ImageData, config: TrainConfig, device=None, seed: int | None = None, **kw):

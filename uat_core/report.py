@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
+from . import protocol
 from .data import load_dataset
 from .errors import UATError
 from .evaluation import predict
 from .fileio import atomic_bytes, atomic_write, write_json
-from .pipeline import make_attack
 from .zoo import trained_on
 
 # The paper's Table 1 (CIFAR-10, WRN 32-10, ε = 8; accuracy under a universal perturbation made by its
@@ -28,7 +28,7 @@ LABELS = {"natural": "natural", "uat": "uFGSM (Alg. 3)", "lowcost": "low-cost (A
           "uat_pool": "uFGSM + pool of 4 δ", "lowcost_pool": "low-cost + pool of 4 δ"}
 
 
-ATTACK = {"beta": 9.0, "optimizer": "pgd", "epochs": 10, "seed": 0}   # the strongest settings the app offers
+ATTACK = protocol.SETTINGS          # the evaluation protocol's settings (uat_core/protocol.py)
 PGD_SLICE, PGD_STEPS = 500, 10        # per-instance PGD (the upper bound of any universal attack): test slice, K
 
 # The pre-strong-attack reference on a natural ResNet-20 of similar clean accuracy (84.8%): accuracy left at
@@ -63,15 +63,12 @@ def _attack(model, train, kind: str, eps, epochs, cache_file: Path | None) -> di
             out = _select_final(model, train, out)
             atomic_write(cache_file, lambda tmp: torch.save(out, tmp))
         return out
+    res = protocol.attack_run(model, train, kind, eps, epochs).run()
     if kind == "strong":
-        res = make_attack(model, train, "strong", None, eps=eps, beta=ATTACK["beta"], epochs=epochs,
-                          seed=ATTACK["seed"], snapshot_every=0).run()
         out = {"delta": res.delta.clone(), "fixed": res.best_fixed.clone(),
                "fixed_name": res.config["best_fixed"]["name"], "start": res.config["start"],
                "seconds": float(res.seconds), "select": "acc"}
     else:
-        res = make_attack(model, train, "alg2", None, eps=eps, beta=ATTACK["beta"], optimizer=ATTACK["optimizer"],
-                          epochs=epochs, seed=ATTACK["seed"], snapshot_every=0).run()
         out = {"delta": res.delta.clone(), "seconds": float(res.seconds)}
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -81,11 +78,11 @@ def _attack(model, train, kind: str, eps, epochs, cache_file: Path | None) -> di
 
 def write_report(dataset: str, data_root: str | None, attack_size: int | None, out: Path,
                  attack_epochs: int = ATTACK["epochs"], cache: Path | None = None, device: str | None = None,
-                 pgd_size: int = PGD_SLICE) -> dict:
+                 pgd_size: int = PGD_SLICE, only: list[str] | None = None) -> dict:
     """Attack every zoo model of ``dataset`` at ε, 1.5ε and 2ε with plain Alg. 2 (from δ = 0) and with the
     strong attack, beside the best fixed bank pattern and per-instance PGD (on ``pgd_size`` test images);
     evaluate on the whole test split, build the transfer matrix of the strong δs at ε and write ``out``
-    (Markdown) and its JSON twin.
+    (Markdown) and its JSON twin. ``only``: these zoo models (by training algorithm) instead of all.
 
     Perturbations are cached in ``cache`` by model sha256, attack, ε and attack size, so an interrupted report
     (or one rerun after adding a model) only attacks what is new."""
@@ -94,6 +91,12 @@ def write_report(dataset: str, data_root: str | None, attack_size: int | None, o
     from .zoo import list_models, load_zoo_model
     dev = pick_device(device)
     entries = list_models(dataset)
+    if only:
+        unknown = [a for a in only if a not in {e["algorithm"] for e in entries}]
+        if unknown:
+            raise UATError(f"no {dataset} zoo model '{unknown[0]}': choose from "
+                           f"{', '.join(e['algorithm'] for e in entries)}")
+        entries = [e for e in entries if e["algorithm"] in only]
     if not entries:
         raise UATError(f"no {dataset} models in the zoo yet: run python -m uat_core.zoo build --dataset {dataset}")
     if attack_size is not None and attack_size < 1:
@@ -145,6 +148,8 @@ def write_report(dataset: str, data_root: str | None, attack_size: int | None, o
         cmd += f" --attack-epochs {attack_epochs}"
     if pgd_size != PGD_SLICE:
         cmd += f" --pgd-size {pgd_size}"
+    if only:
+        cmd += f" --only {','.join(only)}"
     data = {"dataset": dataset, "rows": rows, "transfer": {"sources": names, "targets": names, "matrix": matrix},
             "eps": eps_list, "attack_size": len(train), "attack_epochs": attack_epochs, "test_size": len(test),
             "pgd_size": len(pgd_set) if pgd_set is not None else 0, "pgd_steps": PGD_STEPS,

@@ -15,12 +15,12 @@ app and the notebooks load models by name from here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -176,29 +176,30 @@ def refresh(dataset: str, data_root: str | None = None) -> None:
 
 
 def _train(dataset: str, algo: str, data_root: str | None, extra: list[str], dev: torch.device,
-           device: str | None = None) -> Path:
-    """Run (or resume) the training command of ``algo`` with the recipe for ``dev``; ``device`` is the user's
-    --device, passed on only when it was given."""
+           device: str | None = None) -> tuple[Path, dict]:
+    """Train (or resume) ``algo`` with the recipe for ``dev``, in this process, through the same function as
+    ``uat train`` (:func:`uat_core.cli.train`); ``device`` is the user's --device, passed on only when given.
+    Returns (the run folder, its metrics)."""
+    from .cli import train
     rec = RECIPES[dataset]
     name = zoo_name(dataset, algo)
     out = RUNS / name
-    cmd = [sys.executable, "-m", "uat_core", "train", "--dataset", dataset, "--model", rec["model"],
-           "--eps", str(rec["eps"]), "--out", str(out.relative_to(ROOT)),
-           "--report-attack-size", str(rec["attack_size"]),
-           "--seed", "0", *recipe(dataset, algo, dev), *extra]
+    rel = os.path.relpath(out, ROOT)          # the command recorded in the model's metadata names no machine path
+    argv = ["--dataset", dataset, "--model", rec["model"], "--eps", str(rec["eps"]), "--out", rel,
+            "--report-attack-size", str(rec["attack_size"]), "--seed", "0", *recipe(dataset, algo, dev), *extra]
     if data_root:
-        cmd += ["--data-root", data_root]
+        argv += ["--data-root", data_root]
     if device not in (None, "", "auto"):
-        cmd += ["--device", device]
-    if (out / "model.pt").is_file() and (out / "metrics.json").is_file():
-        return out
+        argv += ["--device", device]
+    if (out / "model.pt").is_file() and (out / "metrics.json").is_file():     # finished before the zoo took it
+        return out, json.loads((out / "metrics.json").read_text())
     if (out / "checkpoint.pt").is_file():
-        cmd.append("--resume")
+        argv.append("--resume")
     elif out.exists():
-        cmd.append("--force")
-    print("$", " ".join(cmd[1:]), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return out
+        argv.append("--force")
+    print("$ python -m uat_core train", " ".join(argv), flush=True)
+    with contextlib.chdir(ROOT):              # paths in the recipe are relative to the project, as in the docs
+        return out, train(argv)
 
 
 def build(dataset: str, only: list[str] | None = None, data_root: str | None = None, extra=(),
@@ -221,8 +222,7 @@ def build(dataset: str, only: list[str] | None = None, data_root: str | None = N
         if name in man["models"] and (ZOO_DIR / man["models"][name]["file"]).is_file():
             print(f"{name}: already in the zoo", flush=True)
             continue
-        out = _train(dataset, algo, data_root, list(extra), dev, device)
-        metrics = json.loads((out / "metrics.json").read_text())
+        out, metrics = _train(dataset, algo, data_root, list(extra), dev, device)
         ZOO_DIR.mkdir(parents=True, exist_ok=True)
         dst = ZOO_DIR / f"{name}.pt"
         shutil.copyfile(out / "model.pt", dst)
@@ -258,15 +258,16 @@ def ship_perturbation(name: str, data_root: str | None = None, dev=None, cache: 
     from .data import load_dataset
     from .evaluation import evaluate
     from .fileio import atomic_write
-    from .report import ATTACK, _attack, _cache_path
+    from . import protocol
+    from .report import _attack, _cache_path
     man = read_manifest()
     e = man["models"][name]
     rec = RECIPES[e["dataset"]]
     model, _ = load_zoo_model(name, device=dev or "cpu")
     train = load_dataset(e["dataset"], "train", data_root, limit=rec["attack_size"], seed=0, progress=False)
     test = load_dataset(e["dataset"], "test", data_root, progress=False)
-    cfile = _cache_path(cache, e["sha256"], "strong", e["eps"], len(train), ATTACK["epochs"]) if cache else None
-    got = _attack(model, train, "strong", e["eps"], ATTACK["epochs"], cfile)
+    cfile = _cache_path(cache, e["sha256"], "strong", e["eps"], len(train), protocol.EPOCHS) if cache else None
+    got = _attack(model, train, "strong", e["eps"], protocol.EPOCHS, cfile)
     pfile = ZOO_DIR / f"{name}.delta.pt"
     atomic_write(pfile, lambda tmp: torch.save(got["delta"].clone(), tmp))
     ev = evaluate(model, test.images, test.labels, got["delta"], test.num_classes)
@@ -276,9 +277,7 @@ def ship_perturbation(name: str, data_root: str | None = None, dev=None, cache: 
         "perturbed_top1": ev["perturbed_top1"], "perturbation_clean_top1": ev["clean_top1"],
         "robust_top1": ev["perturbed_top1"], "robust_attack": "strong",
         "fixed_top1": fx["perturbed_top1"], "fixed_pattern": got["fixed_name"],
-        "perturbation_attack": {"attack": "strong", "eps": e["eps"], "beta": ATTACK["beta"], "optimizer": "pgd",
-                                "epochs": ATTACK["epochs"], "attack_size": len(train), "seed": ATTACK["seed"],
-                                "start": got["start"]},
+        "perturbation_attack": protocol.record("strong", e["eps"], len(train), start=got["start"]),
         **slice_metrics(model, e["dataset"], got["delta"], data_root),
     })
     write_manifest(man)
@@ -320,6 +319,8 @@ def main(argv=None) -> int:
                    help="test images of the per-instance PGD column (an upper bound on any universal attack; 0 = none)")
     r.add_argument("--out", default=str(ROOT / "docs" / "results.md"),
                    help="the Markdown file to write (a .json twin is written beside it; both are replaced)")
+    r.add_argument("--only", default=None, help="comma-separated zoo models (by training algorithm) to report on, "
+                                                "e.g. natural,uat,lowcost (default: all)")
     r.add_argument("--no-cache", action="store_true",
                    help="attack every model again instead of reusing perturbations saved in runs/report_cache "
                         "by an earlier report (they are keyed by model sha256, ε, attack size and epochs)")
@@ -342,7 +343,7 @@ def main(argv=None) -> int:
             from .report import write_report
             write_report(args.dataset, args.data_root, args.attack_size, Path(args.out), args.attack_epochs,
                          None if args.no_cache else ROOT / "runs" / "report_cache", device=args.device,
-                         pgd_size=args.pgd_size)
+                         pgd_size=args.pgd_size, only=args.only.split(",") if args.only else None)
         elif args.cmd == "refresh":
             refresh(args.dataset, args.data_root)
         elif args.cmd == "reattack":
@@ -354,9 +355,6 @@ def main(argv=None) -> int:
     except UATError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except subprocess.CalledProcessError as e:
-        print(f"error: training failed (exit {e.returncode}); rerun the same command to resume", file=sys.stderr)
-        return 1
     return 0
 
 

@@ -6,6 +6,12 @@ server is a deep link such as ``/attack_lab?lab_eps=16``, Streamlit runs ``pages
 on its own: no app.py, no sidebar dataset choice, no page settings. :func:`through_app` notices
 (app.py marks every session it runs in) and reruns the script through app.py, which keeps the
 requested page and its query parameters.
+
+This is the project's one workaround of Streamlit's internals. It relies on two facts of Streamlit
+1.59-1.x: the class attribute ``PagesManager.uses_pages_directory`` exists, and ``st.navigation``'s first call
+sets it to False (which is all the shim does, early). ``tests/test_app.py::
+test_the_single_streamlit_shim_matches_the_streamlit_it_runs_on`` fails loudly when a release changes either,
+and requirements.txt keeps Streamlit below 2 until that test has passed on it.
 """
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from .scheduler import SCHEDULER
 
 CHUNK = 0.4          # seconds of work per fragment run
 EVERY = 0.5          # seconds between fragment runs while a job runs
+QUEUED_EVERY = 2.0   # ... while it waits in the queue: forty waiting tabs must not keep the server busy redrawing
 SYNC_KEY = "_uat_sync"
 
 
@@ -108,8 +109,9 @@ def panel(slot: str, draw: Callable[[Job], None]) -> Job | None:
         return None
     busy = not job.done
     sync = sync_mode()
+    waiting = job.queued
 
-    @st.fragment(run_every=None if (sync or not busy) else EVERY)
+    @st.fragment(run_every=None if (sync or not busy) else (QUEUED_EVERY if waiting else EVERY))
     def _live():
         j = get(slot)
         if j is None:
@@ -129,6 +131,8 @@ def panel(slot: str, draw: Callable[[Job], None]) -> Job | None:
                         f"the queue, about **{j.state.get('queue_wait', 0):.0f} s** to wait. It starts by "
                         "itself; Stop cancels it.", icon=":material/hourglass_top:")
                 return
+            if waiting and not sync:         # it has just left the queue: redraw at the running pace
+                st.rerun()
         if j.done and not getattr(j, "_finished", False):
             j._finished = True
             if j.error:

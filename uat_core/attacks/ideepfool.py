@@ -29,7 +29,7 @@ from ..errors import UATError
 from ..events import Event, Run, check_finite
 from ..models import frozen
 from .deepfool import _deepfool
-from .universal import AttackResult
+from .universal import AttackResult, attack_set
 
 
 @dataclass
@@ -63,14 +63,8 @@ class IDeepFool(Run):
     def __init__(self, model, images, labels, config: IDFConfig | None = None, device=None):
         super().__init__()
         self.cfg = (config or IDFConfig()).validate()
-        if images.ndim != 4 or len(images) == 0:
-            raise UATError("the attack set is empty")
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model
-        if images.dtype == torch.uint8:
-            images = images.float().div_(255)
-        self.x = images.to(self.device)
-        self.y = labels.to(self.device)
+        self.device, self.x, self.y = attack_set(model, images, labels, device)
         self.eps = self.cfg.eps / 255.0
         self.delta = torch.zeros(self.x.shape[1:], device=self.device)
         self.steps_per_epoch = math.ceil(len(self.x) / self.cfg.batch_size)

@@ -44,7 +44,7 @@ from ..errors import UATError
 from ..events import Event, Run
 from ..models import frozen
 from .bank import pattern_bank, score_bank, screen
-from .universal import OPTIMIZERS, AttackConfig, AttackResult, UniversalAttack
+from .universal import OPTIMIZERS, AttackConfig, AttackResult, UniversalAttack, attack_set
 
 INITS = ("bank", "random", "zero")       # where the starts come from (several may be combined)
 SELECT = ("acc", "loss")
@@ -144,14 +144,8 @@ class StrongUniversalAttack(Run):
                  config: StrongConfig | None = None, device=None):
         super().__init__()
         self.cfg = (config or StrongConfig()).validate()
-        if images.ndim != 4 or len(images) == 0:
-            raise UATError("the attack set is empty")
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model
-        if images.dtype == torch.uint8:
-            images = images.float().div_(255)
-        self.x = images.to(self.device)
-        self.y = labels.to(self.device)
+        self.device, self.x, self.y = attack_set(model, images, labels, device)
         self.eps = self.cfg.eps / 255.0
         self.delta = torch.zeros(self.x.shape[1:], device=self.device)
         self.steps_per_epoch = math.ceil(len(self.x) / self.cfg.batch_size)

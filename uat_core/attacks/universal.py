@@ -101,6 +101,17 @@ class AttackResult:
     best_fixed: torch.Tensor | None = None  # strong attack: the best fixed bank pattern (the baseline), (C,H,W)
 
 
+def attack_set(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device=None):
+    """(device, x, y) of an attack on ``model``: x (N,C,H,W) float in [0,1] (uint8 images scaled), y (N,), both
+    on ``device`` (default: the model's). Refuses an empty set. Shared by every universal attack."""
+    if images.ndim != 4 or len(images) == 0:
+        raise UATError("the attack set is empty")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255)
+    return device, images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
 class UniversalAttack(Run):
     """Alg. 2 as a stream of events; see the module docstring."""
 
@@ -109,14 +120,8 @@ class UniversalAttack(Run):
                  delta_init: torch.Tensor | None = None):
         super().__init__()
         self.cfg = (config or AttackConfig()).validate()
-        if images.ndim != 4 or len(images) == 0:
-            raise UATError("the attack set is empty")
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model
-        if images.dtype == torch.uint8:
-            images = images.float().div_(255)
-        self.x = images.to(self.device, non_blocking=True)       # (N,C,H,W) float in [0,1]
-        self.y = labels.to(self.device, non_blocking=True)       # (N,)
+        self.device, self.x, self.y = attack_set(model, images, labels, device)   # (N,C,H,W) in [0,1], (N,)
         self.eps = self.cfg.eps / 255.0
         self.delta = torch.zeros(self.x.shape[1:], device=self.device)   # (C,H,W)
         if delta_init is not None:

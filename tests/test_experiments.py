@@ -1,0 +1,58 @@
+"""The one experiment layer (uat_core.experiments): the notebooks' helpers and the app's page jobs drive the
+same generators, so the same settings give the same numbers in both."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from uat_core import experiments as X
+from uat_core import zoo
+from uat_core.data import load_dataset
+from webapp import settings as S
+from webapp.jobs import page_job
+
+
+@pytest.fixture(scope="module")
+def digits():
+    model, _ = zoo.load_zoo_model("digits_smallcnn_natural")
+    return model, load_dataset("digits", "train", progress=False), load_dataset("digits", "test", limit=100,
+                                                                                  progress=False)
+
+
+def test_the_notebook_sweep_and_the_page_job_run_the_same_attacks(digits):
+    model, train, test = digits
+    s = {**S.defaults("size", "digits"), "sizes": [50, 300], "repeats": 1, "steps": 5, "test_size": 100}
+    page = page_job("size", s, train, test, model=model).finish()["rows"]
+    nb = list(X.datasize_sweep(model, train, test, sizes=s["sizes"], repeats=1, steps=5, eps=s["eps"]))
+    assert [(r["size"], r["steps"]) for r in page] == [(r["size"], r["steps"]) for r in nb]
+    assert [r["perturbed_top1"] for r in page] == [r["perturbed_top1"] for r in nb]
+    # 300 images in minibatches of 128: 3 per epoch, 5 steps -> 2 epochs (to the nearest) = 6 steps
+    assert [r["steps"] for r in nb] == [5, 6]
+
+
+def test_the_beta_sweep_helper_is_the_page_sweep(digits):
+    model, train, test = digits
+    s = {**S.defaults("beta", "digits"), "betas": [2.0, math.inf], "repeats": 1, "attack_size": 100, "epochs": 2,
+         "test_size": 100}
+    page = page_job("beta", s, train, test, model=model).finish()["rows"]
+    nb = list(X.beta_sweep(model, train, test, betas=s["betas"], repeats=1, attack_size=100, eps=s["eps"], epochs=2))
+    assert [r["beta"] for r in nb] == [2.0, math.inf]
+    assert [r["perturbed_top1"] for r in page] == [r["perturbed_top1"] for r in nb]
+
+
+def test_run_calls_back_every_step_and_a_stop_still_returns_the_partial_result(digits):
+    model, train, test = digits
+    seen = []
+
+    def cb(p):
+        seen.append(p.state.get("step"))
+        if len(seen) == 3:
+            p.stop()
+
+    cfg = {"eps": 32, "epochs": 5, "batch_size": 32, "snapshot_every": 0}
+    out = X.run(X.attack, model, train.subset(200, seed=0), test, cfg, callback=cb)
+    assert out["stopped"] and out["steps"] == 3 and 0 <= out["metrics"]["perturbed_top1"] <= 1
+    assert out["fixed"]["name"] and len(seen) >= 3
+    full = X.attack_and_eval(model, train.subset(200, seed=0), test, eps=32, epochs=1, batch_size=32)
+    assert full["steps"] == math.ceil(200 / 32) and not full["stopped"] and "perturbed_top1" in full

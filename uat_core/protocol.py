@@ -1,0 +1,57 @@
+"""The evaluation protocol: how every robustness figure of the project is measured, in one place.
+
+A robustness figure is the test accuracy a model keeps under a universal perturbation built **from scratch
+against that model, on training images only** (never the test images), shown beside the strongest fixed
+pattern of the bank at the same ε (the baseline that needs no optimisation: an attack that does not beat it
+is flagged). The attack is the strong multi-start search (``attacks/strong.py``) with the settings below; the
+paper's plain Alg. 2 from δ = 0 (``kind="alg2"``) uses the same β, optimizer, epochs and seed, so the two
+columns of a table differ only in the search.
+
+The CLI's training report, the zoo's shipped perturbations, docs/results.md, the app's training page and
+the benchmark all take their settings from here::
+
+    run = protocol.attack_run(model, attack_set, eps=8)          # the strong attack, protocol settings
+    result = run.run()
+    protocol.record("strong", 8, len(attack_set), result)         # what a manifest or metrics.json stores
+"""
+from __future__ import annotations
+
+import math
+
+from .data import ImageData
+
+KINDS = ("strong", "alg2")
+BETA = 9.0             # clip of the per-image cross-entropy (eq. 3)
+OPTIMIZER = "pgd"      # the sign-gradient update, the paper's default
+EPOCHS = 10            # passes of Alg. 2 over the attack images (the strong attack's winner gets as many)
+SEED = 0
+ATTACK_SIZE = {"cifar10": 2000, "digits": None}     # training images an attack is built on (None = all)
+SETTINGS = {"beta": BETA, "optimizer": OPTIMIZER, "epochs": EPOCHS, "seed": SEED}
+
+
+def attack_config(kind: str = "strong", eps: float = 8.0, epochs: int = EPOCHS, seed: int = SEED,
+                  beta: float = BETA, **extra) -> dict:
+    """The ``make_attack`` fields of the protocol's attack ``kind`` at ``eps`` (0-255 units)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown protocol attack '{kind}': choose {' or '.join(KINDS)}")
+    cfg = {"eps": eps, "beta": beta, "epochs": epochs, "seed": seed, "snapshot_every": 0, **extra}
+    if kind == "alg2":
+        cfg.setdefault("optimizer", OPTIMIZER)
+    return cfg
+
+
+def attack_run(model, attack_set: ImageData, kind: str = "strong", eps: float = 8.0, epochs: int = EPOCHS,
+               seed: int = SEED, device=None, **extra):
+    """The protocol's attack as an engine Run (iterate it for progress events, or ``.run()`` it)."""
+    from .pipeline import make_attack
+    return make_attack(model, attack_set, kind, device, **attack_config(kind, eps, epochs, seed, **extra))
+
+
+def record(kind: str, eps: float, attack_size: int, result=None, epochs: int = EPOCHS, seed: int = SEED,
+           beta: float = BETA, **more) -> dict:
+    """The plain-data description of how a δ was made, as the manifest and metrics.json store it."""
+    out = {"attack": kind, "eps": eps, "beta": beta if math.isfinite(beta) else "inf", "optimizer": OPTIMIZER,
+           "epochs": epochs, "attack_size": attack_size, "seed": seed}
+    if result is not None:
+        out["start"] = result.config.get("start", "zero")
+    return {**out, **more}

@@ -111,10 +111,13 @@ def one_round(browser, base: str, k: int, url: str, timeout: float, seed0: int) 
                                               or pg.get_by_text("of computation").count()
                                               or pg.get_by_text("Starting …").count()):
                     r["feedback"] = now - t0
-                if pg.get_by_text("Seconds", exact=True).count() and \
-                        not pg.get_by_text("to compute the current settings").count():   # its own result
+                # its own result: a finished script run (no stale elements of the page before the click left),
+                # the result's "Seconds" metric, and no note that the result on screen is another one
+                if r["feedback"] is not None and \
+                        pg.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').count() and \
+                        pg.get_by_text("Seconds", exact=True).count() and \
+                        not pg.get_by_text("to compute the current settings").count():
                     r["result"] = now - t0
-                    r["feedback"] = r["feedback"] if r["feedback"] is not None else now - t0
                 elif pg.locator('[data-testid="stException"]').count():
                     r["error"] = "exception on the page"
             except Exception as e:                       # a page that stopped responding

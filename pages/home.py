@@ -4,12 +4,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from uat_core import export
+from uat_core import experiments
 from uat_core.zoo import trained_on
 from webapp import settings as S
 from webapp import state, ui
 from webapp.boot import through_app
-from uat_core.experiments import preview
 
 through_app()
 
@@ -26,16 +25,8 @@ st.caption("An interactive companion to Shafahi, Najibi, Xu, Dickerson, Davis an
 def hero(ds: str, sha: str, n: int = 8, ncol: int = 4) -> tuple[bytes, bytes, dict]:
     """The natural zoo model's shipped δ, and the first test images clean and with δ, as PNGs."""
     p = state.zoo_model(ds, "natural")
-    delta = state.zoo_delta(ds, "natural")
-    t = state.test_set(ds, D["test_size"])
-    pv = preview(p.model, t, delta, n=n, device=state.device())
-    idx = pv["idx"]
-    grid = export.comparison_grid(t.float_images(idx), delta, t.classes, pv["clean_pred"], pv["pert_pred"],
-                                  t.labels[idx], pv["pert_conf"], scale=3, ncol=ncol)
-    eps = float(p.entry["eps"]) / 255
-    return (export.png_bytes(export.delta_image(delta, eps, 6)), export.png_bytes(grid),
-            {"clean": sum(int(a == b) for a, b in zip(pv["clean_pred"], t.labels[idx].tolist())),
-             "pert": sum(int(a == b) for a, b in zip(pv["pert_pred"], t.labels[idx].tolist())), "n": n})
+    return experiments.hero_pictures(p.model, state.zoo_delta(ds, "natural"), state.test_set(ds, D["test_size"]),
+                                     float(p.entry["eps"]), n, ncol, state.device())
 
 
 left, right = st.columns([5, 4], gap="large")

@@ -56,3 +56,17 @@ def test_run_calls_back_every_step_and_a_stop_still_returns_the_partial_result(d
     assert out["fixed"]["name"] and len(seen) >= 3
     full = X.attack_and_eval(model, train.subset(200, seed=0), test, eps=32, epochs=1, batch_size=32)
     assert full["steps"] == math.ceil(200 / 32) and not full["stopped"] and "perturbed_top1" in full
+
+
+def test_the_home_pictures_count_what_the_model_gets_right(digits):
+    import torch
+
+    model, _, test = digits
+    delta = zoo.load_zoo_perturbation("digits_smallcnn_natural")
+    d_png, grid_png, cnt = X.hero_pictures(model, delta, test, 32, n=8)
+    assert d_png[:8] == grid_png[:8] == b"\x89PNG\r\n\x1a\n"
+    idx = X.preview_indices(test, 8)
+    with torch.no_grad():
+        clean = (model(test.float_images(idx)).argmax(1) == test.labels[idx]).sum().item()
+        pert = (model((test.float_images(idx) + delta).clamp(0, 1)).argmax(1) == test.labels[idx]).sum().item()
+    assert cnt == {"clean": clean, "pert": pert, "n": 8}

@@ -194,6 +194,21 @@ def shipped(model, delta: torch.Tensor, test: ImageData, entry: dict, device=Non
             "preview": preview(model, test, delta, device=device)}
 
 
+def hero_pictures(model, delta: torch.Tensor, test: ImageData, eps: float, n: int = 8, ncol: int = 4,
+                  device=None) -> tuple[bytes, bytes, dict]:
+    """The home page's picture: δ as a PNG (ε in 0-255 units), a PNG grid of ``n`` test images clean and with δ
+    (red = wrong), and how many of them the model gets right each way ({"clean", "pert", "n"})."""
+    from . import export
+    pv = preview(model, test, delta, n=n, device=device)
+    idx = pv["idx"]
+    truth = test.labels[idx].tolist()
+    grid = export.comparison_grid(test.float_images(idx), delta, test.classes, pv["clean_pred"], pv["pert_pred"],
+                                  test.labels[idx], pv["pert_conf"], scale=3, ncol=ncol)
+    return (export.png_bytes(export.delta_image(delta, eps / 255, 6)), export.png_bytes(grid),
+            {"clean": sum(int(a == b) for a, b in zip(pv["clean_pred"], truth)),
+             "pert": sum(int(a == b) for a, b in zip(pv["pert_pred"], truth)), "n": len(idx)})
+
+
 # ---- sweeps (β, attack-set size) -------------------------------------------------------------------
 
 def sweep(p: Progress, model, train: ImageData, test: ImageData, points: list[dict], device=None) -> Experiment:

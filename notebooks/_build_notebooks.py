@@ -9,7 +9,6 @@ committed notebooks match). Each notebook's content lives in its own module ``_n
 from __future__ import annotations
 
 import json
-
 import sys
 from pathlib import Path
 from textwrap import dedent

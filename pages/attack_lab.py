@@ -61,8 +61,8 @@ make_job = P.job_maker(s, key, lambda job: not job.result["stopped"], show={"eps
 if eps == 0:
     sb.warning("ε = 0 leaves the images unchanged: pick ε > 0 to attack.")
 P.controls(make_job, s, disabled=picked is None or eps == 0,
-              help=f"{steps_planned} steps of Alg. 2{' over several starts' if strong else ''} on "
-                   f"{min(size, len(train))} images, then {len(test)} test images")
+           help=f"{steps_planned} steps of Alg. 2{' over several starts' if strong else ''} on "
+                f"{min(size, len(train))} images, then {len(test)} test images")
 sb.caption(f"{steps_planned} steps · test accuracy on {len(test)} {ds} test images")
 
 with st.expander("How Alg. 2 works", expanded=False):

@@ -35,7 +35,7 @@ key, default_key = P.keys(s)
 make_job = P.job_maker(s, key, lambda job: job.result["complete"])
 n_attacks = len(beta_points(s))
 P.controls(make_job, s, disabled=picked is None or not betas,
-              help=f"{n_attacks} attacks, each on {size} images for {epochs} epochs")
+           help=f"{n_attacks} attacks, each on {size} images for {epochs} epochs")
 sb.caption(f"{n_attacks} attacks · accuracy on {len(test)} test images")
 
 with st.expander("Why clipping helps", expanded=True):

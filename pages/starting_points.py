@@ -6,7 +6,6 @@ import pandas as pd
 import streamlit as st
 
 from uat_core import plots
-from uat_core.attacks.bank import pattern_bank
 from webapp import live, page, state, ui
 from webapp import settings as S
 
@@ -26,9 +25,8 @@ key, default_key = P.keys(s)
 
 
 make_job = P.job_maker(s, key, lambda job: job.result["complete"])
-n_patterns = len(pattern_bank(test.shape, eps / 255.0, random=s["random"]).names)
-P.controls(make_job, s, label="Score", disabled=picked is None, n_patterns=n_patterns,
-              help=f"every pattern on {len(test)} test images")
+P.controls(make_job, s, label="Score", disabled=picked is None,
+           help=f"every pattern on {len(test)} test images")
 sb.caption(f"Accuracy on {len(test)} {S.DS_LABEL[ds]} test images (a fixed stratified subset)")
 
 

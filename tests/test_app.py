@@ -646,7 +646,7 @@ def test_the_estimate_is_within_a_factor_of_two_of_the_images_the_engine_runs(pa
     finally:
         handle.remove()
     assert job.error is None
-    est = budget.passes(page, s, len(train), len(test), channels=1, n_patterns=budget.bank_size(1) + s.get("random", 0))
+    est = budget.passes(page, s, len(train), len(test), channels=1)
     assert seen[0] > 0 and 0.5 <= est / seen[0] <= 2.0, (est, seen[0])
 
 

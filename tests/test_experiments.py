@@ -70,3 +70,22 @@ def test_the_home_pictures_count_what_the_model_gets_right(digits):
         clean = (model(test.float_images(idx)).argmax(1) == test.labels[idx]).sum().item()
         pert = (model((test.float_images(idx) + delta).clamp(0, 1)).argmax(1) == test.labels[idx]).sum().item()
     assert cnt == {"clean": clean, "pert": pert, "n": 8}
+
+
+def test_ctrl_c_during_run_stops_after_the_step_and_returns_the_partial_result(digits):
+    import os
+    import signal
+
+    model, train, test = digits
+    seen = []
+
+    def cb(p):
+        seen.append(1)
+        if len(seen) == 2:
+            os.kill(os.getpid(), signal.SIGINT)          # what a notebook's interrupt button sends
+
+    before = signal.getsignal(signal.SIGINT)
+    out = X.run(X.attack, model, train.subset(200, seed=0), test, {"eps": 32, "epochs": 5, "batch_size": 32,
+                                                                    "snapshot_every": 0}, callback=cb)
+    assert out["stopped"] and out["steps"] < 5 * math.ceil(200 / 32) and "perturbed_top1" in out["metrics"]
+    assert signal.getsignal(signal.SIGINT) is before     # the handler is put back

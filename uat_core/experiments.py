@@ -66,20 +66,30 @@ class Progress:
 def run(fn: Callable[..., Experiment], *args, callback: Callable[[Progress], None] | None = None, **kw) -> Any:
     """Drive experiment ``fn(p, *args, **kw)`` to its end and return its result; ``callback(p)`` after every
     step (a notebook's live plot). Ctrl-C stops it after the current step and still returns the partial result."""
+    import signal
+    import threading
+
     p = Progress()
     gen = fn(p, *args, **kw)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value
-        except KeyboardInterrupt:
-            if p.stopping:
-                raise
-            p.stop()
-            continue
-        if callback is not None:
-            callback(p)
+
+    def on_interrupt(signum, frame):          # first Ctrl-C (a notebook's interrupt): stop after this step
+        if p.stopping:
+            raise KeyboardInterrupt           # the second one aborts
+        p.stop()
+
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGINT, on_interrupt) if main else None
+    try:
+        while True:
+            try:
+                next(gen)
+            except StopIteration as done:
+                return done.value
+            if callback is not None:
+                callback(p)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, old)
 
 
 def drive(p: Progress, run, on_step: Callable[[Any], None] | None = None) -> Experiment:
@@ -122,33 +132,33 @@ def top1_under(model, test: ImageData, delta: torch.Tensor | None, device=None) 
 # ---- attack lab -------------------------------------------------------------------------------------
 
 def attack(p: Progress, model, attack_set: ImageData, test: ImageData, cfg: dict, method: str = "alg2",
-               device=None) -> Experiment:
+           device=None) -> Experiment:
     """One attack (cfg: AttackConfig, StrongConfig or IDFConfig fields), then clean/perturbed metrics on
     ``test``, with the best fixed bank pattern (chosen on the attack set) beside it."""
-    from uat_core.attacks.bank import baseline_of
+    from .attacks.bank import baseline_of
     run = make_attack(model, attack_set, method, device, **cfg)
     p.state.update(phase="screening the pattern bank" if method == "strong" else "attacking",
-                     history=run.history, delta=run.delta, total=run.total, step=0, leaderboard=[], current=None)
+                   history=run.history, delta=run.delta, total=run.total, step=0, leaderboard=[], current=None)
 
     def on_step(ev):
         if ev.kind in ("screen", "round"):
             p.state["leaderboard"] = ev.metrics["leaderboard"]
         if method == "strong" and ev.kind == "step":
             p.state.update(current=run.current,
-                             phase=f"refining start '{run.current}' (round {ev.metrics['round'] + 1})")
+                           phase=f"refining start '{run.current}' (round {ev.metrics['round'] + 1})")
         p.state.update(delta=run.delta, step=ev.step, progress=0.95 * ev.step / max(1, run.total))
 
     res, secs = yield from drive(p, run, on_step)
     p.state["phase"] = f"evaluating on {len(test)} test images"
     yield
     m = timed(p, evaluate, model, test.images, test.labels, res.delta, test.num_classes, device=device,
-               target=cfg.get("target"))
+              target=cfg.get("target"))
     if res.best_fixed is None:
         p.state["phase"] = "screening the pattern bank (the baseline)"
         yield
     fixed_name, fixed = timed(p, baseline_of, res, model, attack_set.float_images(), attack_set.labels,
-                               cfg["eps"] / 255.0, cfg.get("norm", "linf"), cfg.get("beta", 9.0), cfg.get("target"),
-                               cfg.get("seed", 0), device)
+                              cfg["eps"] / 255.0, cfg.get("norm", "linf"), cfg.get("beta", protocol.BETA),
+                              cfg.get("target"), cfg.get("seed", 0), device)
     fixed_top1 = timed(p, top1_under, model, test, fixed, device)
     config = {k: v for k, v in res.config.items() if k != "winner_history"}
     return {"metrics": m, "delta": res.delta, "history": list(res.config.get("winner_history", res.history)),
@@ -267,8 +277,8 @@ def size_points(s: dict, n_train: int, batch_size: int = 128, **cfg) -> list[dic
             epochs = max(1, round(s["steps"] / per_epoch)) if s.get("steps") else s["epochs"]
             pts.append({"x": n_eff, "repeat": r, "size": n_eff,
                         "label": f"{n_eff} images, attack subset {r + 1} of {s['repeats']}",
-                        "cfg": {"eps": s["eps"], "beta": 9.0, "optimizer": "pgd", "epochs": epochs, "seed": r,
-                                "batch_size": batch_size, **cfg}})
+                        "cfg": {"eps": s["eps"], "beta": protocol.BETA, "optimizer": protocol.OPTIMIZER,
+                                "epochs": epochs, "seed": r, "batch_size": batch_size, **cfg}})
     return pts
 
 
@@ -282,7 +292,7 @@ def race(p: Progress, model, attack_set: ImageData, test: ImageData, s: dict, de
     its = {o: iter(r) for o, r in runs.items()}
     secs = {o: 0.0 for o in optimizers}
     p.state.update(phase="racing", histories={o: r.history for o, r in runs.items()},
-                     deltas={o: r.delta for o, r in runs.items()})
+                   deltas={o: r.delta for o, r in runs.items()})
     active = list(optimizers)
     total = sum(r.total for r in runs.values())
     while active:
@@ -323,8 +333,8 @@ def idf_and_alg2(p: Progress, model, attack_set: ImageData, test: ImageData, s: 
     p.state.update(seconds={}, histories={}, phase="iDeepFool")
     plan = [("idf", {"xi": 1.0, **(idf_options or {}), "eps": s["eps"], "max_passes": s["idf_passes"],
                      "batch_size": s["idf_batch"]}),
-            ("alg2", {"eps": s["eps"], "epochs": s["alg2_epochs"], "beta": 9.0, "optimizer": "pgd",
-                      "snapshot_every": 0})]
+            ("alg2", {"eps": s["eps"], "epochs": s["alg2_epochs"], "beta": protocol.BETA,
+                      "optimizer": protocol.OPTIMIZER, "snapshot_every": 0})]
     for i, (method, cfg) in enumerate(plan):
         if p.stopping:
             break
@@ -402,7 +412,7 @@ def train_and_attack(p: Progress, arch: str, train: ImageData, test: ImageData, 
         if res.stopped_early:
             break
         m = timed(p, evaluate, models[algo], test.images, test.labels, res.delta, test.num_classes,
-                   device=device)
+                  device=device)
         attack_deltas[algo] = res.delta
         fixed_top1 = timed(p, top1_under, models[algo], test, res.best_fixed, device)
         rows.append({"name": algo, "algorithm": algo, "clean_top1": m["clean_top1"],
@@ -447,7 +457,7 @@ def transfer(p: Progress, models: dict, deltas: dict, test: ImageData, device=No
 def bank(p: Progress, model, test: ImageData, s: dict, device=None) -> Experiment:
     """Test accuracy under every fixed pattern of the bank at ε (a block of patterns per step), then the
     patterns sorted from strongest to weakest."""
-    from uat_core.attacks.bank import pattern_bank, score_bank
+    from .attacks.bank import pattern_bank, score_bank
     bank = pattern_bank(test.shape, s["eps"] / 255.0, random=s.get("random", 4), seed=s.get("seed", 0))
     clean = timed(p, top1_under, model, test, None, device)
     accs: list[float] = []
@@ -457,7 +467,7 @@ def bank(p: Progress, model, test: ImageData, s: dict, device=None) -> Experimen
         if p.stopping:
             break
         sc = timed(p, score_bank, model, bank.patterns[i:i + block], test.images, test.labels, s["beta"],
-                    chunk=256, device=device)
+                   chunk=256, device=device)
         accs.extend(sc.acc.tolist())
         p.state.update(progress=len(accs) / len(bank), phase=f"scored {len(accs)} of {len(bank)} patterns")
         yield

@@ -25,8 +25,6 @@ BETA = 9.0             # clip of the per-image cross-entropy (eq. 3)
 OPTIMIZER = "pgd"      # the sign-gradient update, the paper's default
 EPOCHS = 10            # passes of Alg. 2 over the attack images (the strong attack's winner gets as many)
 SEED = 0
-ATTACK_SIZE = {"cifar10": 2000, "digits": None}     # training images an attack is built on (None = all)
-SETTINGS = {"beta": BETA, "optimizer": OPTIMIZER, "epochs": EPOCHS, "seed": SEED}
 
 
 def attack_config(kind: str = "strong", eps: float = 8.0, epochs: int = EPOCHS, seed: int = SEED,

@@ -74,11 +74,12 @@ def strong_passes(epochs: int, n: int, channels: int) -> float:
 
 
 def passes(page: str, s: dict, n_train: int, n_test: int, n_models: int = 1, n_deltas: int = 1,
-           n_patterns: int = 0, channels: int = 3) -> float:
+           n_patterns: int | None = None, channels: int = 3) -> float:
     """Estimated image passes of one run of ``page`` with settings ``s``.
 
     ``n_train`` / ``n_test``: the images the page draws from; ``n_models`` × ``n_deltas``: the transfer
-    matrix; ``n_patterns``: the bank the starting-points page scores; ``channels``: of the images."""
+    matrix; ``n_patterns``: the bank the starting-points page scores (default: the bank plus ``s["random"]``
+    random-sign and random-uniform draws); ``channels``: of the images."""
     def size(key="attack_size"):
         return min(int(s.get(key, n_train)), n_train)
     test = min(int(s.get("test_size", n_test)), n_test)
@@ -107,6 +108,8 @@ def passes(page: str, s: dict, n_train: int, n_test: int, n_models: int = 1, n_d
     if page == "transfer":
         return n_models * (n_deltas + 1) * test * EVAL
     if page == "bank":
+        if n_patterns is None:
+            n_patterns = bank_size(channels) + 2 * s.get("random", 0)
         return max(1, n_patterns) * test * EVAL
     raise KeyError(page)
 

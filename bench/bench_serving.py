@@ -3,10 +3,13 @@
     python bench/bench_serving.py                       # K = 1, 4, 8, 16
     python bench/bench_serving.py --sessions 1,4 --markdown
 
-It starts ``streamlit run app.py`` on a free loopback port (digits only), opens K browser sessions
-(headless Chromium through Playwright, one browser context each, so K independent Streamlit sessions),
-loads the attack lab with the same small settings in each, then presses Run in all of them within a
-fraction of a second. For each session it records
+It starts ``streamlit run app.py`` on a free loopback port (digits only), opens K independent Streamlit
+sessions, loads the attack lab with the same small settings in each, then presses Run in all of them within
+a fraction of a second. The sessions are, with ``--client ws`` (the default), clients of Streamlit's own
+websocket protocol (``bench/st_client.py``: what a tab sends and receives, without drawing anything), so the
+two cores measure the server and not K renderers; with ``--client browser``, headless Chromium through
+Playwright (one browser context each), which also counts each tab's own drawing on the same two cores.
+For each session it records
 
 * **feedback**: seconds from its click to the first sign of life on its page: its queue position
   ("number k in the queue"), the "Starting …" bar or its live progress line ("of computation");
@@ -17,11 +20,13 @@ fraction of a second. For each session it records
 Per K it prints the worst feedback, the first and the last result, and the ratio of the last result to
 K × the single-session time measured in the same run (the scheduler runs jobs one after another on a
 2-core machine, so the target is ≤ 1.3). Targets: every feedback ≤ 2 s, no errors, ratio ≤ 1.3 at K = 8.
-Needs ``/usr/bin/chromium`` and playwright (``requirements-dev.txt``).
+``--client browser`` needs ``/usr/bin/chromium`` and playwright (``requirements-dev.txt``).
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import datetime as _dt
 import os
 import platform
@@ -41,6 +46,8 @@ def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sessions", default="1,4,8,16", help="comma-separated K values (1 must come first)")
     ap.add_argument("--url", default=URL, help="the page and settings every session runs (default %(default)s)")
+    ap.add_argument("--client", choices=("ws", "browser"), default="ws",
+                    help="ws: Streamlit's websocket protocol, no drawing (default); browser: headless Chromium")
     ap.add_argument("--timeout", type=float, default=600, help="seconds a session may wait for its result")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table for docs/benchmarks.md")
     return ap.parse_args(argv)
@@ -130,6 +137,59 @@ def one_round(browser, base: str, k: int, url: str, timeout: float, seed0: int) 
     return rows
 
 
+FEEDBACK = ("in the queue", "of computation", "Starting …")
+DEFAULT_NOTE = "to compute the current settings"         # the page shows the precomputed default, not its own
+
+
+def ws_round(base: str, k: int, url: str, timeout: float, seed0: int) -> list[dict]:
+    """:func:`one_round` with websocket clients (``bench/st_client.py``) instead of browsers."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import st_client as C
+
+    page, _, query = url.partition("?")
+
+    async def go():
+        sessions = [C.Session(base) for _ in range(k)]
+        for i, s in enumerate(sessions):
+            await s.open(page, f"{query}{'&' if query else ''}lab_seed={seed0 + i}")
+        for s in sessions:
+            if not await C.wait_for(lambda s=s: s.last_full_run() is not None, 120):
+                raise SystemExit("error: a session's page did not finish loading in 120 s")
+            if not any(DEFAULT_NOTE in t for t in s.last_full_run().texts):
+                raise SystemExit("error: a page already shows a result for its own settings before Run "
+                                 "(a reused seed?)")
+        rows = [{"feedback": None, "result": None, "error": None} for _ in sessions]
+        before = [len(s.runs) for s in sessions]
+        for s, r in zip(sessions, rows):
+            def seen(text, r=r):
+                if r["feedback"] is None and any(f in text for f in FEEDBACK):
+                    r["feedback"] = time.perf_counter() - r["t0"]
+            s.on_text = seen
+            r["t0"] = time.perf_counter()
+            await s.click("lab_run")
+        while any(r["result"] is None and r["error"] is None for r in rows):
+            for s, r, n0 in zip(sessions, rows, before):
+                if r["result"] is not None or r["error"] is not None:
+                    continue
+                now = time.perf_counter()
+                runs = s.runs[n0:]
+                if any(run.exception for run in runs):
+                    r["error"] = "exception on the page"
+                elif any(not run.fragment and run.status == C.ForwardMsg.FINISHED_SUCCESSFULLY and
+                         "Seconds" in run.metrics and not any(DEFAULT_NOTE in t for t in run.texts) for run in runs):
+                    r["result"] = now - r["t0"]
+                elif s.closed:
+                    r["error"] = "connection closed"
+                elif now - r["t0"] > timeout:
+                    r["error"] = "no result in time"
+            await asyncio.sleep(0.02)
+        for s in sessions:
+            await s.close()
+        return rows
+
+    return asyncio.run(go())
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     ks = [int(k) for k in args.sessions.split(",") if k.strip()]
@@ -137,14 +197,16 @@ def main(argv=None) -> int:
         print("error: --sessions must start with 1 (the single-session baseline) and hold positive counts",
               file=sys.stderr)
         return 2
-    if not CHROMIUM.exists():
-        print("error: needs Debian's Chromium at /usr/bin/chromium (apt-get install chromium)", file=sys.stderr)
-        return 2
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        print("error: needs playwright (pip install -r requirements-dev.txt)", file=sys.stderr)
-        return 2
+    if args.client == "browser":
+        if not CHROMIUM.exists():
+            print("error: --client browser needs Debian's Chromium at /usr/bin/chromium (apt-get install chromium)",
+                  file=sys.stderr)
+            return 2
+        try:
+            from playwright.sync_api import sync_playwright  # noqa: F401
+        except ImportError:
+            print("error: --client browser needs playwright (pip install -r requirements-dev.txt)", file=sys.stderr)
+            return 2
     log = ROOT / "runs" / "bench_serving.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -152,19 +214,31 @@ def main(argv=None) -> int:
     base = f"http://127.0.0.1:{port}"
     table, single = [], None
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                               "--disable-renderer-backgrounding",
-                                               "--disable-background-timer-throttling"])
+        with contextlib.ExitStack() as stack:
+            if args.client == "browser":
+                from playwright.sync_api import sync_playwright
+                pw = stack.enter_context(sync_playwright())
+                browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                                   "--disable-renderer-backgrounding",
+                                                   "--disable-background-timer-throttling"])
+                stack.callback(browser.close)
+
+                def round_(k, seed):
+                    return one_round(browser, base, k, args.url, args.timeout, seed)
+            else:
+                def round_(k, seed):
+                    return ws_round(base, k, args.url, args.timeout, seed)
             seed = 1000
-            one_round(browser, base, 1, args.url, args.timeout, seed)  # warm-up: imports, caches, first run
+            round_(1, seed)                      # warm-up: imports, caches, first run
             for k in ks:
                 seed += 100
-                rows = one_round(browser, base, k, args.url, args.timeout, seed)
+                rows = round_(k, seed)
                 res = [r["result"] for r in rows if r["result"] is not None]
                 fb = [r["feedback"] for r in rows if r["feedback"] is not None]
                 errors = [r["error"] for r in rows if r["error"]]
+                if len(fb) < len(rows):
+                    errors += ["no feedback"] * (len(rows) - len(fb))
                 if k == 1 and res:
                     single = res[0]
                 last = max(res) if res else float("nan")
@@ -174,7 +248,6 @@ def main(argv=None) -> int:
                 print(f"K = {k:2d}: worst feedback {table[-1][1]:.2f} s, first result {table[-1][2]:.1f} s, last "
                       f"{last:.1f} s ({ratio:.2f}× K × single), errors {len(errors)} {errors[:3]}",
                       file=sys.stderr, flush=True)
-            browser.close()
     finally:
         proc.terminate()
         try:
@@ -188,7 +261,7 @@ def main(argv=None) -> int:
     if args.markdown:
         cmd = "python bench/bench_serving.py " + " ".join(sys.argv[1:] if argv is None else argv)
         print(f"Command: `{cmd}`  \n{_dt.date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} logical "
-              f"CPUs, page `{args.url}`.\n")
+              f"CPUs, page `{args.url}`, clients: {args.client}.\n")
     print("\n".join(lines))
     ok = all(fb <= 2.0 and err == 0 for _, fb, _, _, _, err in table) and \
         all(ratio <= 1.3 for k, _, _, _, ratio, _ in table if k == 8)

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import pickle
+import time
 import tomllib
 from pathlib import Path
 
@@ -123,7 +124,8 @@ def test_default_view_shows_a_result_before_any_click(page):
     at = open_page(page)
     no_errors(at)
     assert len(at.metric) > 0 or len(charts(at)) > 0
-    assert not at.session_state["_jobs"] if "_jobs" in at.session_state else True     # nothing was computed
+    jobs = at.session_state["_jobs"] if "_jobs" in at.session_state else {}
+    assert jobs == {}                                                                # nothing was computed
     assert not any("No result" in i.value or "No matrix" in i.value for i in at.info)
 
 
@@ -248,11 +250,16 @@ def test_stop_ends_the_run_and_keeps_the_partial_result():
     at = open_page("attack_lab", sync=False)
     at.select_slider(key="lab_size").set_value(1297)
     at.slider(key="lab_epochs").set_value(20).run()
-    at.button(key="lab_run").click().run()               # one chunk of the live fragment
+    at.button(key="lab_run").click().run()               # the job gets the slot; the scheduler's worker computes
     job = at.session_state["_jobs"]["lab"]
+    deadline = time.time() + 30
+    while not job.state["history"] and time.time() < deadline:
+        time.sleep(0.05)
     assert not job.done and 0 < len(job.state["history"]) < 220
     assert at.button(key="lab_run").disabled and not at.button(key="lab_stop").disabled
     at.button(key="lab_stop").click().run()
+    while not job.done and time.time() < deadline + 30:
+        time.sleep(0.05)
     at.run()
     no_errors(at)
     assert job.done and job.result["stopped"] and job.result["steps"] < 220

@@ -1,6 +1,9 @@
 """The process-wide job scheduler: slots, a first-come first-served queue, heartbeats, stop while queued."""
 from __future__ import annotations
 
+import threading
+import time
+
 from webapp.jobs import Job
 from webapp.scheduler import Scheduler
 
@@ -87,3 +90,66 @@ def test_stop_while_queued_ends_the_job_without_a_result():
 def test_without_a_scheduler_a_job_runs_at_once():
     job = make()
     assert job.finish() == 3 and not job.queued
+
+
+# ---- the app's scheduler: worker threads compute, pages only check in ----------------------------------
+
+def gated(job, gate: threading.Event, log: list, n=3, pause=0.0):
+    """A job generator whose steps wait for ``gate`` (then ``pause`` s); it logs the thread each step ran in."""
+    for _ in range(n):
+        gate.wait(5)
+        time.sleep(pause)
+        log.append(threading.current_thread().name)
+        yield
+    return n
+
+
+def wait_until(cond, timeout=5.0):
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_workers_compute_a_job_without_its_page_and_hand_the_slot_over_at_once():
+    s = Scheduler(slots=1, workers=True, chunk=0.01)
+    gate, log, stored = threading.Event(), [], []
+    a = Job("lab", gated, gate, log, on_done=lambda j: stored.append(("a", threading.current_thread().name)))
+    b = Job("lab", gated, gate, log, on_done=lambda j: stored.append(("b", threading.current_thread().name)))
+    a.scheduler = b.scheduler = s
+    assert a.pump(0) == 0 and not a.queued                 # a holds the slot; the page's pump computes nothing
+    assert b.pump(0) == 0 and b.queued
+    gate.set()
+    # nobody pumps from here on: a's worker computes it, and b takes the slot as soon as a ends
+    assert wait_until(lambda: a.done and b.done), (a.state, b.state)
+    assert a.result == b.result == 3
+    assert log and all(name.startswith("uat-job-") for name in log)
+    assert stored == []                                    # on_done waits for the visitor's own thread
+    a.pump(0)
+    b.collect()
+    b.collect()                                            # once only
+    me = threading.current_thread().name
+    assert stored == [("a", me), ("b", me)]
+    assert s.snapshot() == {"slots": 1, "running": 0, "queued": 0}
+
+
+def test_a_worker_stops_computing_a_job_whose_visitor_left():
+    clock = Clock()
+    s = Scheduler(slots=1, workers=True, chunk=0.01, stale_after=20.0, clock=clock)
+    gate, log = threading.Event(), []
+    gone = Job("lab", gated, gate, log, n=100_000, pause=0.002)
+    waiting = Job("lab", gated, threading.Event(), [], n=1)
+    gone.scheduler = waiting.scheduler = s
+    gone.pump(0)
+    waiting.pump(0)
+    gate.set()
+    assert wait_until(lambda: len(log) > 3)
+    clock.t = 15.0
+    waiting.pump(0)                                        # the waiting visitor checks in; the other does not
+    clock.t = 30.0
+    assert wait_until(lambda: s.position(waiting) == 0 and s.snapshot()["running"] == 1)
+    n = len(log)
+    time.sleep(0.1)
+    assert len(log) - n <= 1 and not gone.done             # its worker gave up (at most the step in flight)

@@ -5,7 +5,8 @@ A :class:`Job` is a :class:`uat_core.experiments.Progress` that owns one experim
 call ``job.pump(0.4)`` to move it forward for about 0.4 s, draw ``job.state``, and come back later;
 ``job.stop()`` ends it after the current step; ``job.finish()`` runs it to the end (tests, the precompute
 script). The generator's return value becomes ``job.result``. With a :mod:`webapp.scheduler` attached, a job
-waits for a free slot before it computes. :func:`page_job` is the one entry point per page.
+waits for a free slot before it computes, and with the app's scheduler (which has worker threads) it
+computes in a worker while ``pump`` only checks in. :func:`page_job` is the one entry point per page.
 """
 from __future__ import annotations
 
@@ -36,37 +37,70 @@ class Job(X.Progress):
         self.started_computing = False
         self._gen = gen_fn(self, *args, **kwargs)
         self._lock = threading.Lock()
+        self._collected = False              # on_done has run (see collect)
 
     def pump(self, budget: float = 0.4) -> int:
         """Advance for about ``budget`` seconds (at least one step); returns the number of steps taken.
 
+        With a scheduler, this is first the job's heartbeat and its turn in the queue; with a scheduler that
+        has workers (the app's), a worker thread computes the job once it holds a slot and ``pump`` only
+        checks in (and returns 0). Either way a finished job's ``on_done`` runs here, in the caller's thread
+        (the app's stores results in the visitor's session, which only the session's own thread may touch).
+
         Safe to call from several threads (Streamlit may start a new script run while a fragment run is
         still busy): a caller that finds the job already being advanced returns 0 at once.
         """
+        if self.scheduler is not None and not self.done:
+            if not self._take_turn():
+                self.collect()
+                return 0
+            if getattr(self.scheduler, "workers", False):
+                self.collect()
+                return 0
+        n = self.advance(budget)
+        self.collect()
+        return n
+
+    def advance(self, budget: float) -> int:
+        """Compute for about ``budget`` seconds (no queue, no heartbeat: the scheduler's workers call this)."""
         if not self._lock.acquire(blocking=False):
             return 0
         try:
-            return self._pump(budget)
+            return self._advance(budget)
         finally:
             self._lock.release()
 
-    def _pump(self, budget: float) -> int:
-        if self.scheduler is not None and not self.done:
-            if self.stopping and not self.started_computing:       # stopped while waiting: nothing to show
-                self.scheduler.release(self)
-                self.done, self.queued, self.current = True, False, None
-                self.state["phase"] = "stopped before it started"
-                return 0
-            if not self.scheduler.admit(self):
-                self.queued = True
-                pos, wait = self.scheduler.position(self), self.scheduler.estimated_wait(self)
-                self.state.update(queue_position=pos, queue_wait=wait,
-                                  phase=f"waiting for a free slot: number {pos} in the queue, about {wait:.0f} s")
-                return 0
-            if self.queued:
-                self.queued = False
-                self.state.pop("queue_position", None)
+    def collect(self) -> None:
+        """Run ``on_done`` once, after the job ended without an error (see :meth:`pump` for the thread)."""
+        if self.done and not self._collected:
+            self._collected = True
+            if self.on_done is not None and self.error is None:
+                self.on_done(self)
+
+    def _take_turn(self) -> bool:
+        """Heartbeat and queue: True when the job holds a slot (False: it waits, or it was stopped waiting)."""
+        if self.stopping and not self.started_computing:       # stopped while waiting: nothing to show
+            self.scheduler.release(self)
+            self.done, self.queued, self.current = True, False, None
+            self._collected = True
+            self.state["phase"] = "stopped before it started"
+            return False
+        if not self.scheduler.admit(self):
+            self.queued = True
+            pos, wait = self.scheduler.position(self), self.scheduler.estimated_wait(self)
+            self.state.update(queue_position=pos, queue_wait=wait,
+                              phase=f"waiting for a free slot: number {pos} in the queue, about {wait:.0f} s")
+            return False
+        if self.queued:
+            self.queued = False
+            self.state.pop("queue_position", None)
+            if not self.started_computing:
                 self.state["phase"] = "starting"
+        return True
+
+    def _advance(self, budget: float) -> int:
+        if self.done:
+            return 0
         self.started_computing = True
         t0, n = time.perf_counter(), 0
         while not self.done:
@@ -92,13 +126,12 @@ class Job(X.Progress):
         return self.result
 
     def _finish(self, result) -> None:
-        if self.scheduler is not None:
-            self.scheduler.release(self)
-        self.done, self.result, self.current = True, result, None
+        self.result, self.current = result, None
         self.state["progress"] = 1.0
         self.state["phase"] = "stopped" if self.stopping else ("failed" if self.error else "done")
-        if self.on_done is not None and self.error is None:
-            self.on_done(self)
+        self.done = True                     # before the slot goes: a check-in from now on cannot queue it again
+        if self.scheduler is not None:
+            self.scheduler.release(self)
 
 
 # ---- one entry point per page (the app and the precompute script build their jobs here) -------------------

@@ -1,11 +1,14 @@
-"""Run / Stop and the live panel: a job advances a slice at a time inside an ``st.fragment``.
+"""Run / Stop and the live panel: a job's progress drawn by an ``st.fragment`` that re-runs itself.
 
 Pressing Run creates a :class:`~webapp.jobs.Job` in ``st.session_state`` (in the button's callback, so
-the same script run already draws it). The live panel is a fragment that re-runs itself every
-``EVERY`` seconds while the job runs: each run calls ``job.pump(CHUNK)`` (about 0.4 s of work), draws
-the job's state, and when the job is done stores the result and reruns the whole page once, so the
-result section appears and the timer stops. Only the fragment re-runs while a job runs, so the rest
-of the page stays responsive; Stop asks the engine to finish after its current step.
+the same script run already draws it) and puts it in the process-wide queue (:mod:`webapp.scheduler`).
+The live panel is a fragment that re-runs itself every ``EVERY`` seconds while the job runs
+(``QUEUED_EVERY`` while it waits): each run calls ``job.pump(CHUNK)``, the job's check-in, draws the
+job's state, and when the job is done stores the result and reruns the whole page once, so the result
+section appears and the timer stops. The app's scheduler computes a job that holds a slot in a worker
+thread of its own, so ``pump`` only checks in; with a scheduler without workers, ``pump`` computes about
+``CHUNK`` seconds itself. Only the fragment re-runs while a job runs, so the rest of the page stays
+responsive; Stop asks the engine to finish after its current step.
 
 A job keeps going when the visitor opens another page: the sidebar's background panel (app.py) pumps
 it there. In "sync" mode (``st.session_state["_uat_sync"] = True``, used by AppTest, or the
@@ -125,7 +128,8 @@ def panel(slot: str, draw: Callable[[Job], None]) -> Job | None:
             elif j.progress == 0 and not j.queued:
                 note.progress(0.0, text="Starting …")
             j.pump(math.inf if sync else CHUNK)
-            note.empty()
+            if not j.stopping:               # (with the scheduler's workers pump returns at once: keep saying it)
+                note.empty()
             if j.queued:
                 st.info(f"The server is busy: your run is **number {j.state.get('queue_position', '?')}** in "
                         f"the queue, about **{j.state.get('queue_wait', 0):.0f} s** to wait. It starts by "
@@ -133,6 +137,7 @@ def panel(slot: str, draw: Callable[[Job], None]) -> Job | None:
                 return
             if waiting and not sync:         # it has just left the queue: redraw at the running pace
                 st.rerun()
+        j.collect()                          # a job a worker finished: store its result (this thread's session)
         if j.done and not getattr(j, "_finished", False):
             j._finished = True
             if j.error:
@@ -169,6 +174,7 @@ def background(current: str, names: dict[str, str]) -> None:
                 continue
             if not j.done:
                 j.pump(math.inf if sync else CHUNK / 2)
+            j.collect()
             if j.done and not getattr(j, "_finished", False):
                 j._finished = True
                 if j.error:

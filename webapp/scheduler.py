@@ -12,6 +12,11 @@ ends or is stopped. Every ``admit`` call is also a heartbeat: a job that has not
 seconds (its browser tab was closed, its session ended) loses its slot or its place, so a visitor who
 goes away never blocks the others.
 
+With ``workers=True`` (the app's scheduler) a job that gets a slot is computed by a worker thread of its
+own, back to back, and when it ends the first job in the queue takes the slot at once: the cores never
+wait for a page to come back and ask. The pages then only check in (``admit``) and draw. Without workers
+(the tests, the precompute script) whoever calls ``job.pump`` computes, as before.
+
 The estimated wait is the sum of the expected remaining run time of the jobs ahead: for each kind of job
 (page) the mean of the last few finished runs' wall time, 20 s before any finished.
 """
@@ -31,10 +36,13 @@ def default_slots() -> int:
 
 
 class Scheduler:
-    def __init__(self, slots: int | None = None, stale_after: float = 20.0, clock=time.monotonic):
+    def __init__(self, slots: int | None = None, stale_after: float = 20.0, clock=time.monotonic,
+                 workers: bool = False, chunk: float = 0.25):
         self.slots = slots or default_slots()
         self.stale_after = stale_after
         self.clock = clock
+        self.workers = workers                   # a thread per running job computes it (see the module doc)
+        self.chunk = chunk                       # seconds a worker computes between checks that its job may go on
         self._lock = threading.Lock()
         self._running: dict[int, dict] = {}      # id(job) -> {"job", "seen", "since", "kind"}
         self._queue: deque[dict] = deque()       # waiting, in arrival order
@@ -50,11 +58,16 @@ class Scheduler:
             if k in self._running:
                 self._running[k]["seen"] = now
                 return True
+            if getattr(job, "done", False):      # it ended (its slot is being released): never queue it again
+                return False
             entry = next((e for e in self._queue if e["job"] is job), None)
             if entry is None:
                 entry = {"job": job, "seen": now, "since": now, "kind": getattr(job, "name", "job")}
                 self._queue.append(entry)
             entry["seen"] = now
+            if self.workers:
+                self._promote(now)
+                return k in self._running
             if len(self._running) < self.slots and self._queue[0] is entry:
                 self._queue.popleft()
                 entry["since"] = now
@@ -70,6 +83,8 @@ class Scheduler:
             if e is not None:
                 self._durations.setdefault(e["kind"], deque(maxlen=5)).append(now - e["since"])
             self._queue = deque(x for x in self._queue if x["job"] is not job)
+            if self.workers:
+                self._promote(now)
 
     # ---- what a waiting visitor is told -----------------------------------------------------------------
     def position(self, job) -> int:
@@ -114,5 +129,30 @@ class Scheduler:
             del self._running[k]
         self._queue = deque(e for e in self._queue if now - e["seen"] <= self.stale_after)
 
+    def _promote(self, now: float) -> None:
+        """(workers, under the lock) Give free slots to the first in the queue and start their workers."""
+        self._evict(now)
+        while self._queue and len(self._running) < self.slots:
+            entry = self._queue.popleft()
+            entry["since"] = now
+            self._running[id(entry["job"])] = entry
+            threading.Thread(target=self._work, args=(entry["job"],), daemon=True,
+                             name=f"uat-job-{entry['kind']}").start()
 
-SCHEDULER = Scheduler()          # the one the app's sessions share
+    def _work(self, job) -> None:
+        """A worker: compute ``job`` until it ends or loses its slot (its visitor stopped checking in)."""
+        while not job.done:
+            with self._lock:
+                self._evict(self.clock())
+                if id(job) not in self._running:
+                    self._promote(self.clock())
+                    return
+            try:
+                job.advance(self.chunk)
+            except Exception:                    # a bug: the job recorded it as its error and ended
+                return
+
+
+# The one the app's sessions share. UAT_JOB_WORKERS=0 computes in the pages' own script runs instead (the
+# design before workers: a page computes a slice each time it redraws, so the cores idle between redraws).
+SCHEDULER = Scheduler(workers=os.environ.get("UAT_JOB_WORKERS", "1") != "0")

@@ -19,6 +19,7 @@ of CUDA wheels; the pinned wheels of requirements.txt stay in use). Exit status 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -52,11 +53,13 @@ def minimums() -> dict[str, str]:
 
 CHECK = r"""
 import importlib, importlib.metadata as md, pkgutil, sys
+from packaging.version import Version
 want = dict(a.split("==") for a in sys.argv[1:])
-wrong = {n: (md.version(n), v) for n, v in want.items() if md.version(n) != v}
+wrong = {n: (md.version(n), v) for n, v in want.items() if Version(md.version(n)) != Version(v)}
 assert not wrong, f"not the declared minimum (found, declared): {wrong}"
 import uat_core, webapp
-mods = [m.name for p in (uat_core, webapp) for m in pkgutil.walk_packages(p.__path__, p.__name__ + ".")]
+mods = [m.name for p in (uat_core, webapp) for m in pkgutil.walk_packages(p.__path__, p.__name__ + ".")
+        if not m.name.endswith(".__main__")]
 for m in mods:
     importlib.import_module(m)
 from uat_core import notebook, plots, experiments
@@ -71,14 +74,21 @@ def main() -> int:
     mins = minimums()
     pins = [f"{n}=={v}" for n, v in mins.items()]
     print("minimum versions:", " ".join(pins), flush=True)
-    TARGET.mkdir(parents=True, exist_ok=True)
     done = TARGET / ".installed"
     if not done.exists() or done.read_text() != "\n".join(pins):
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--upgrade", "--target", str(TARGET),
-                        *pins], check=True)
+        shutil.rmtree(TARGET, ignore_errors=True)            # pip --target does not replace what is there
+        TARGET.mkdir(parents=True)
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--upgrade", "--target",
+                            str(TARGET), *pins], capture_output=True, text=True)
+        if r.returncode:
+            print(r.stdout[-4000:], r.stderr[-4000:], sep="\n")
+            print("error: pip could not install the declared minimum versions together (see above)")
+            return r.returncode
         done.write_text("\n".join(pins))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TARGET), str(ROOT)])}
-    subprocess.run([sys.executable, "-c", CHECK, *pins], check=True, cwd=ROOT, env=env)
+    if subprocess.run([sys.executable, "-c", CHECK, *pins], cwd=ROOT, env=env).returncode:
+        print("error: the app or the notebook helpers do not import with the declared minimum versions")
+        return 1
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *TESTS],
                        cwd=ROOT, env=env)
     return r.returncode

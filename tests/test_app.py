@@ -687,3 +687,10 @@ def test_the_single_streamlit_shim_matches_the_streamlit_it_runs_on():
     spec = SpecifierSet(re.search(r"^streamlit([<>=!,.\d]+)", req, re.M).group(1))
     assert "<" in str(spec), "requirements.txt must cap Streamlit at the versions this test has covered"
     assert streamlit.__version__ in spec, f"Streamlit {streamlit.__version__} is outside {spec}"
+
+
+def test_streamlit_does_not_collect_garbage_after_every_run():
+    """Streamlit's default full gc.collect(2) after each script run (fragment runs included) took most of the
+    server's time with nine visitors (py-spy); .streamlit/config.toml turns it off."""
+    cfg = tomllib.loads((Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml").read_text())
+    assert cfg["runner"]["postScriptGC"] is False

@@ -694,3 +694,27 @@ def test_streamlit_does_not_collect_garbage_after_every_run():
     server's time with nine visitors (py-spy); .streamlit/config.toml turns it off."""
     cfg = tomllib.loads((Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml").read_text())
     assert cfg["runner"]["postScriptGC"] is False
+
+
+def _widgets(at: AppTest) -> dict:
+    """{key: value} of the page's keyed settings widgets."""
+    return {w.key: w.value for kind in ("slider", "select_slider", "selectbox", "segmented_control", "toggle",
+                                        "checkbox", "multiselect", "pills")
+            for w in at.get(kind) if getattr(w, "key", None) and not w.key.startswith("_")}
+
+
+# (transfer's one setting, whether to add the attack lab's δ, needs a lab run in the same session: not a link)
+@pytest.mark.parametrize("page", ["attack_lab", "beta_clipping", "optimizer_race", "uat_training", "idf_vs_alg2",
+                                  "data_size", "starting_points"])
+def test_every_pages_settings_round_trip_through_its_url(page):
+    """A link that sets two of the page's sliders (to their maximum) opens the page with exactly those settings,
+    every other setting at its default, and the link's parameters still in the URL after the run."""
+    base = open_page(page)
+    defaults = _widgets(base)
+    sliders = [w for w in base.get("slider") if getattr(w, "key", None) and not w.key.startswith("_")
+               and isinstance(w.value, (int, float)) and w.value != w.max][:2]
+    assert sliders, f"{page} has no slider to put in a link"
+    params = {w.key: str(w.max) for w in sliders}
+    at = open_page(page, params=params)
+    assert _widgets(at) == {**defaults, **{w.key: w.max for w in sliders}}
+    assert {k: at.query_params.get(k) for k in params} == params

@@ -11,7 +11,7 @@ newer copies are shadowed, nothing in it changes. Then, with those versions, it
 2. imports every module of ``uat_core`` and ``webapp`` and the notebooks' helpers, and builds a live
    ``plotly.graph_objects.FigureWidget`` (anywidget, as the notebooks do);
 3. runs the app's page tests (``tests/test_app.py``: every page's default view through Streamlit's AppTest,
-   the home page, the URL round trip and the Streamlit shim's guard).
+   the home page, the URL round trips of every page and the Streamlit shim's guard).
 
 torch and torchvision are the exception: their declared bounds (2.2 / 0.17) are not installed here (several GB
 of CUDA wheels; the pinned wheels of requirements.txt stay in use). Exit status 0 when all of it passes.
@@ -30,7 +30,8 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / ".ci" / "min-env"
 KEEP = {"torch", "torchvision"}              # see the module docstring
-TESTS = ["tests/test_app.py", "-k", "default_view or home or shared_link or dataset_link or shim or survive"]
+TESTS = ["tests/test_app.py", "-k",
+         "default_view or home or shared_link or dataset_link or round_trip or shim or survive"]
 
 
 def minimums() -> dict[str, str]:

@@ -717,4 +717,6 @@ def test_every_pages_settings_round_trip_through_its_url(page):
     params = {w.key: str(w.max) for w in sliders}
     at = open_page(page, params=params)
     assert _widgets(at) == {**defaults, **{w.key: w.max for w in sliders}}
-    assert {k: at.query_params.get(k) for k in params} == params
+    kept = {k: at.query_params.get(k) for k in params}
+    kept = {k: v[0] if isinstance(v, list) and len(v) == 1 else v for k, v in kept.items()}   # older AppTest: lists
+    assert kept == params

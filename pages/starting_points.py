@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from uat_core import plots
-from webapp import live, page, state, ui
+from webapp import live, page, ui
 from webapp import settings as S
 
 PAGE = "bank"
@@ -41,18 +41,10 @@ def draw(job):
 
 
 job = live.panel(PAGE, draw)
-if job is not None and not job.done:
-    st.stop()
-if picked is None:
-    st.stop()
-shown = state.find(PAGE, ds, key, default_key)
-if shown.kind == "none":
-    st.info("No scores for these settings yet: press **Score**.")
-    st.stop()
-ui.shown_note(shown, "Score")
+shown = live.stored_result(PAGE, ds, job, picked, key, default_key, "Score",
+                           none="No scores for these settings yet: press **Score**.",
+                           partial="Stopped early: only part of the bank was scored.")
 res = shown.result
-if not res.get("complete", True):
-    st.warning("Stopped early: only part of the bank was scored.")
 names, accs = res["names"], res["accs"]
 rank = st.slider("Pattern (1 = the strongest)", 1, len(names), 1, **ui.w(PAGE, "rank"))
 i = rank - 1

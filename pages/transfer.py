@@ -59,16 +59,9 @@ def draw(job):
 
 
 job = live.panel(PAGE, draw)
-if job is not None and not job.done:
-    st.stop()
-shown = state.find(PAGE, ds, key, default_key)
-if shown.kind == "none":
-    st.info("No matrix for this selection yet: press **Compute**.")
-    st.stop()
-ui.shown_note(shown, "Compute")
-res = shown.result
-if not res.get("complete", True):
-    st.warning("Stopped early: empty cells were not computed.")
+res = live.stored_result(PAGE, ds, job, True, key, default_key, "Compute",       # (every zoo model: no pick)
+                         none="No matrix for this selection yet: press **Compute**.",
+                         partial="Stopped early: empty cells were not computed.").result
 fig = plots.transfer_heatmap(res["matrix"], res["sources"], res["targets"])
 fig.update_layout(height=120 + 60 * len(res["sources"]))
 ui.chart(fig, key="transfer_map")

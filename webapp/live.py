@@ -208,23 +208,25 @@ def sweep_panel(job: Job, figure: Callable[[list, float | None], object], key: s
 
 
 def stored_result(page: str, ds: str, job: Job | None, picked, key, default_key, run_label: str = "Run",
-                  sweep: bool = False):
-    """The result section's gate, shared by the pages: stop while a job runs or without a model; else the
-    stored result for these settings (or the latest / precomputed one, said so on screen).
+                  sweep: bool = False, none: str | None = None, partial: str | None = None):
+    """The result section's gate, shared by the pages: stop while a job runs or without a model (``picked``
+    None); else the stored result for these settings (or the latest / precomputed one, said so on screen).
 
-    With ``sweep=True`` also warn when the sweep was stopped early and stop when it has no finished point.
+    ``none`` is what to say when there is no result yet, ``partial`` the warning over a stopped run's result.
+    With ``sweep=True`` a sweep's defaults for both, and stop when the sweep has no finished point.
     """
     if (job is not None and not job.done) or picked is None:
         st.stop()
     shown = state.find(page, ds, key, default_key)
     if shown.kind == "none":
-        st.info(f"No result for these settings yet: press **{run_label}** (on the left).")
+        st.info(none or f"No result for these settings yet: press **{run_label}** (on the left).")
         st.stop()
     ui.shown_note(shown, run_label)
     if sweep:
-        if not shown.result.get("complete", True):
-            st.warning("This sweep was stopped early: only the finished attacks are shown.")
-        if not shown.result["rows"]:
-            st.stop()
+        partial = partial or "This sweep was stopped early: only the finished attacks are shown."
+    if partial and not shown.result.get("complete", True):
+        st.warning(partial)
+    if sweep and not shown.result["rows"]:
+        st.stop()
     return shown
 

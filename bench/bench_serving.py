@@ -160,6 +160,11 @@ def ws_round(base: str, k: int, url: str, timeout: float, seed0: int) -> list[di
                                  "(a reused seed?)")
         rows = [{"feedback": None, "result": None, "error": None} for _ in sessions]
         before = [len(s.runs) for s in sessions]
+        # the sidebar's "N steps · …" line: the settings the result must still have (a click sends only the
+        # button's trigger; the other widgets keep the values the server holds, as in an untouched tab)
+        plan = [[t for t in s.last_full_run().texts if " steps · " in t] for s in sessions]
+        if not all(plan):
+            raise SystemExit("error: the page shows no 'N steps · …' line to check the settings by")
         for s, r in zip(sessions, rows):
             def seen(text, r=r):
                 if r["feedback"] is None and any(f in text for f in FEEDBACK):
@@ -168,16 +173,20 @@ def ws_round(base: str, k: int, url: str, timeout: float, seed0: int) -> list[di
             r["t0"] = time.perf_counter()
             await s.click("lab_run")
         while any(r["result"] is None and r["error"] is None for r in rows):
-            for s, r, n0 in zip(sessions, rows, before):
+            for s, r, n0, want in zip(sessions, rows, before, plan):
                 if r["result"] is not None or r["error"] is not None:
                     continue
                 now = time.perf_counter()
                 runs = s.runs[n0:]
                 if any(run.exception for run in runs):
                     r["error"] = "exception on the page"
-                elif any(not run.fragment and run.status == C.ForwardMsg.FINISHED_SUCCESSFULLY and
-                         "Seconds" in run.metrics and not any(DEFAULT_NOTE in t for t in run.texts) for run in runs):
-                    r["result"] = now - r["t0"]
+                elif (done := next((run for run in runs if not run.fragment and "Seconds" in run.metrics
+                                    and run.status == C.ForwardMsg.FINISHED_SUCCESSFULLY
+                                    and not any(DEFAULT_NOTE in t for t in run.texts)), None)) is not None:
+                    if [t for t in done.texts if " steps · " in t] != want:
+                        r["error"] = "the result's settings differ from the page's before the click"
+                    else:
+                        r["result"] = now - r["t0"]
                 elif s.closed:
                     r["error"] = "connection closed"
                 elif now - r["t0"] > timeout:

@@ -40,6 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 URL = "attack_lab?lab_size=250&lab_epochs=2"          # a run of a few seconds on one core
+FEEDBACK = ("in the queue", "of computation", "Starting …")
+DEFAULT_NOTE = "to compute the current settings"         # the page shows the precomputed default, not its own
 
 
 def parse(argv=None):
@@ -101,7 +103,7 @@ def one_round(browser, base: str, k: int, url: str, timeout: float, seed0: int) 
     for pg in pages:
         pg.get_by_role("heading", name="Universal attack lab").first.wait_for(timeout=120_000)
         idle(pg)
-        if not pg.get_by_text("to compute the current settings").count():     # the page shows the default result
+        if not pg.get_by_text(DEFAULT_NOTE).count():                          # the page shows the default result
             raise SystemExit("error: a page already shows a result for its own settings before Run (a reused seed?)")
     rows = [{"feedback": None, "result": None, "error": None} for _ in pages]
     clicked = []
@@ -114,16 +116,14 @@ def one_round(browser, base: str, k: int, url: str, timeout: float, seed0: int) 
                 continue
             now = time.perf_counter()
             try:
-                if r["feedback"] is None and (pg.get_by_text("in the queue").count()
-                                              or pg.get_by_text("of computation").count()
-                                              or pg.get_by_text("Starting …").count()):
+                if r["feedback"] is None and any(pg.get_by_text(f).count() for f in FEEDBACK):
                     r["feedback"] = now - t0
                 # its own result: a finished script run (no stale elements of the page before the click left),
                 # the result's "Seconds" metric, and no note that the result on screen is another one
                 if r["feedback"] is not None and \
                         pg.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').count() and \
                         pg.get_by_text("Seconds", exact=True).count() and \
-                        not pg.get_by_text("to compute the current settings").count():
+                        not pg.get_by_text(DEFAULT_NOTE).count():
                     r["result"] = now - t0
                 elif pg.locator('[data-testid="stException"]').count():
                     r["error"] = "exception on the page"
@@ -137,13 +137,10 @@ def one_round(browser, base: str, k: int, url: str, timeout: float, seed0: int) 
     return rows
 
 
-FEEDBACK = ("in the queue", "of computation", "Starting …")
-DEFAULT_NOTE = "to compute the current settings"         # the page shows the precomputed default, not its own
-
-
 def ws_round(base: str, k: int, url: str, timeout: float, seed0: int) -> list[dict]:
     """:func:`one_round` with websocket clients (``bench/st_client.py``) instead of browsers."""
-    sys.path.insert(0, str(Path(__file__).parent))
+    if str(Path(__file__).parent) not in sys.path:          # bench/st_client.py, beside this script
+        sys.path.insert(0, str(Path(__file__).parent))
     import st_client as C
 
     page, _, query = url.partition("?")

@@ -28,9 +28,6 @@ from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from tornado.websocket import websocket_connect
 
-FINISHED = (ForwardMsg.FINISHED_SUCCESSFULLY, ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY)
-
-
 def element_text(el) -> str:
     """The visible text of one element (empty for the kinds a load test does not look at)."""
     kind = el.WhichOneof("type")

@@ -51,10 +51,7 @@ class Job(X.Progress):
         still busy): a caller that finds the job already being advanced returns 0 at once.
         """
         if self.scheduler is not None and not self.done:
-            if not self._take_turn():
-                self.collect()
-                return 0
-            if getattr(self.scheduler, "workers", False):
+            if not self._take_turn() or self.scheduler.workers:      # waiting, or a worker computes it
                 self.collect()
                 return 0
         n = self.advance(budget)

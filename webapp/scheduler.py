@@ -143,9 +143,8 @@ class Scheduler:
         """A worker: compute ``job`` until it ends or loses its slot (its visitor stopped checking in)."""
         while not job.done:
             with self._lock:
-                self._evict(self.clock())
+                self._promote(self.clock())      # evicts jobs nobody checks in on (this one too), fills free slots
                 if id(job) not in self._running:
-                    self._promote(self.clock())
                     return
             try:
                 job.advance(self.chunk)

@@ -81,7 +81,7 @@ RECIPES = {
             # fine-tuned from the shipped plain models (a CPU cannot train 40 epochs in a session)
             "uat_pool": ["--algorithm", "uat", "--delta-pool", "4", "--bank-share", "0.25", "--init-weights",
                          "cifar10_resnet20_uat",
-                         "--epochs", "2", "--schedule", "cosine", "--lr", "0.05", "--no-report"],
+                         "--epochs", "6", "--schedule", "cosine", "--lr", "0.05", "--no-report"],
             "lowcost_pool": ["--algorithm", "lowcost", "--delta-pool", "4", "--bank-share", "0.25", "--init-weights",
                              "cifar10_resnet20_lowcost", "--epochs", "4", "--schedule", "cosine", "--lr", "0.05",
                              "--no-report"],

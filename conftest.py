@@ -1,4 +1,5 @@
-"""How ``python -m pytest`` shares the tests among its pytest-xdist workers (``-n auto`` in pyproject.toml).
+"""Repository-wide pytest setup: notebooks run in their fast mode, CIFAR-10 found where CI keeps it, and how
+``python -m pytest`` shares the tests among its pytest-xdist workers (``-n auto`` in pyproject.toml).
 
 Every test is scheduled on its own, except three groups that each stay on one worker, in order:
 
@@ -12,6 +13,14 @@ pytest 9.2's node ids, so those marks have no effect; this scheduler works from 
 engine's own fixtures are in ``tests/conftest.py``.
 """
 from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("UAT_FAST", "1")
+_shared = Path(__file__).resolve().parent.parent / "shared" / "data" / "cifar10-jpeg"
+if "UAT_DATA" not in os.environ and _shared.is_dir():
+    os.environ["UAT_DATA"] = str(_shared)
 
 GROUPED_FILES = ("tests/test_report.py", "tests/test_browser_e2e.py")
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("UAT_FAST", "1")
 _shared = Path(__file__).resolve().parent.parent / "shared" / "data" / "cifar10-jpeg"
 if "UAT_DATA" not in os.environ and _shared.is_dir():
@@ -28,6 +30,7 @@ SERIAL_FILES = ("tests/test_browser_e2e.py",)       # with the notebooks, on one
 GROUPED_FILES = ("tests/test_report.py",)
 
 
+@pytest.hookimpl(optionalhook=True)                # a hook of pytest-xdist: harmless where it is not installed
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "load":          # --dist each / loadfile / ... asked for by name: theirs
         return None

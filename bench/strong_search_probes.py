@@ -58,12 +58,14 @@ def cosine_patterns(C: int, H: int, W: int, eps: float) -> tuple[torch.Tensor, l
     return torch.stack(pats), names
 
 
-def best_bank(model, bank, x, y, probe_idx, keep: int = 8) -> int:
-    """The bank pattern that leaves the fewest attack images correct, of the best ``keep`` by loss on the probe."""
+def best_bank(model, bank, x, y, probe_idx, keep: int = 8) -> tuple[int, float, float]:
+    """The bank pattern that leaves the fewest attack images correct, of the best ``keep`` by loss on the probe:
+    (its index, its accuracy and loss on all attack images)."""
     sc = score_bank(model, bank.patterns, x[probe_idx], y[probe_idx], beta=9.0, chunk=1024)
     top = sc.loss.argsort(descending=True)[:keep]
     full = score_bank(model, bank.patterns[top], x, y, beta=9.0, chunk=1024)
-    return int(top[int(full.acc.argmin())])
+    k = int(full.acc.argmin())
+    return int(top[k]), float(full.acc[k]), float(full.loss[k])
 
 
 def main(argv=None) -> int:
@@ -112,12 +114,15 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(1)
     probe_idx = torch.randperm(len(x), generator=g)[:args.probe]
     t0 = time.perf_counter()
-    b = best_bank(model, bank, x, y, probe_idx)
-    ref = score_bank(model, bank.patterns[b:b + 1], x, y, beta=9.0)
+    b, ref_acc, ref_loss = best_bank(model, bank, x, y, probe_idx)
     lines = [f"Model `cifar10_resnet20_{args.model}`, ε = {args.eps:g}, {len(x)} attack images, {len(test.labels)} "
              f"test images. Best bank pattern on the attack images: `{bank.names[b]}` "
-             f"({100 * float(ref.acc[0]):.1f}% of them correct, loss {float(ref.loss[0]):.3f}).", ""]
+             f"({100 * ref_acc:.1f}% of them correct, loss {ref_loss:.3f}).", ""]
     print(lines[0], flush=True)
+
+    def say(line: str) -> None:                      # one probe's figure: printed now, kept for --markdown
+        lines.append(line)
+        print(line, flush=True)
     refined = None
     if "frequencies" in probes:
         P, names = cosine_patterns(*shape, eps)
@@ -129,13 +134,12 @@ def main(argv=None) -> int:
         line = (f"- **frequencies**: {len(P)} grey sign-of-cosine patterns screened on {len(probe_idx)} attack images, "
                 f"the best {len(top)} by loss re-scored on all {len(x)}: the best, `{names[int(top[k])]}`, leaves "
                 f"**{100 * float(full.acc[k]):.1f}%** of them correct (loss {float(full.loss[k]):.3f}) against "
-                f"{100 * float(ref.acc[0]):.1f}% for `{bank.names[b]}` ({time.perf_counter() - t:.0f} s).")
-        lines.append(line)
-        print(line, flush=True)
+                f"{100 * ref_acc:.1f}% for `{bank.names[b]}` ({time.perf_counter() - t:.0f} s).")
+        say(line)
     if "channel-mix" in probes:
         t = time.perf_counter()
-        spatial = [p[0] / eps for n, p in zip(bank.names, bank.patterns) if n.endswith("c=" + "+" * shape[0])]
-        opts = torch.cat([torch.stack(spatial), -torch.stack(spatial)]) * eps        # (2N,H,W)
+        spatial = torch.stack([p[0] for n, p in zip(bank.names, bank.patterns) if n.endswith("c=" + "+" * shape[0])])
+        opts = torch.cat([spatial, -spatial])                                         # (2N,H,W) at ±ε
         xs, ys = x[probe_idx], y[probe_idx]
         cur = bank.patterns[b].clone()
         cur_acc = float(score_bank(model, cur[None], xs, ys, beta=9.0).acc[0])
@@ -153,8 +157,7 @@ def main(argv=None) -> int:
                 f"each, on {len(probe_idx)} attack images: {changes} change(s) kept ({100 * start_acc:.1f}% → "
                 f"{100 * cur_acc:.1f}% on them); the mix leaves **{100 * float(full.acc[0]):.1f}%** of all "
                 f"{len(x)} attack images correct ({time.perf_counter() - t:.0f} s).")
-        lines.append(line)
-        print(line, flush=True)
+        say(line)
     if "refine" in probes or "classes" in probes:
         runs = [(e, sizes[0]) for e in epochs] + [(epochs[0], bs) for bs in sizes[1:]]
         if "refine" not in probes:

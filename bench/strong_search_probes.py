@@ -12,11 +12,17 @@ about 56.6%. These probes test, each with one number, whether a wider search wou
     refine        plain Alg. 2 (sign steps, cosine τ from ε/4) from the best bank pattern for each of --epochs
                   (e.g. 10,40) and --batch-sizes, scored on the attack images and on --test-size test images
     classes       the test images' per-class accuracy and the predicted-class counts under the best refined δ
+    oracle        how low a δ these searches find can go at all: the strong attack (protocol settings) built on the
+                  attack images, then the same attack built on the test images themselves, then its δ refined
+                  further on the test images for --oracle-epochs at each --oracle-betas; an oracle no real attack
+                  may use (it looks at the test images), so it bounds what better generalisation could give
 
     python bench/strong_search_probes.py --probes frequencies,channel-mix,refine,classes --markdown
+    python bench/strong_search_probes.py --probes oracle --test-size 10000 --markdown
 
 The attack images are the first --attack-size of a seeded subset of the training split (as bench_strong.py); the
-test images are a seeded subset of the test split. No probe looks at the test images to choose anything.
+test images are a seeded subset of the test split. No probe but the oracle looks at the test images to choose
+anything.
 """
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ from uat_core.data import load_dataset  # noqa: E402
 from uat_core.errors import UATError  # noqa: E402
 from uat_core.evaluation import predict  # noqa: E402
 
-PROBES = ("frequencies", "channel-mix", "refine", "classes")
+PROBES = ("frequencies", "channel-mix", "refine", "classes", "oracle")
 
 
 def cosine_patterns(C: int, H: int, W: int, eps: float) -> tuple[torch.Tensor, list[str]]:
@@ -68,6 +74,34 @@ def best_bank(model, bank, x, y, probe_idx, keep: int = 8) -> tuple[int, float, 
     return int(top[k]), float(full.acc[k]), float(full.loss[k])
 
 
+def oracle(model, train, test, eps: float, betas: list[float], epochs: int) -> list[str]:
+    """The oracle probe's markdown lines: the strong attack built on the attack images, the same attack built
+    on the test images, and that δ refined further on the test images at each β (all scored on the test images)."""
+    from uat_core import protocol
+    rows = []
+
+    def row(what: str, built_on: str, d: torch.Tensor, sec: float) -> None:
+        s = score_bank(model, d[None], test.images, test.labels, beta=9.0)
+        rows.append(f"| {what} | {built_on} | **{100 * float(s.acc[0]):.1f}** | {sec:.0f} |")
+        print(rows[-1], flush=True)
+    for data, built_on in ((train, f"{len(train)} training images (the real attack)"),
+                           (test, f"the {len(test)} test images (oracle)")):
+        t = time.perf_counter()
+        r = protocol.attack_run(model, data, "strong", eps, protocol.EPOCHS).run()
+        row(f"strong attack, protocol settings (winning start `{r.config['start']}`)", built_on, r.delta.cpu(),
+            time.perf_counter() - t)
+    for beta in betas:
+        t = time.perf_counter()
+        cfg = AttackConfig(eps=eps, beta=beta, optimizer="pgd", step_size=eps / 4, schedule="cosine", epochs=epochs,
+                           batch_size=128, seed=0, snapshot_every=0)
+        d = UniversalAttack(model, test.images, test.labels, cfg, delta_init=r.delta).run().delta.cpu()
+        row(f"the oracle's δ refined {epochs} more epochs at β = {beta:g}", "the test images (oracle)", d,
+            time.perf_counter() - t)
+    return ["", f"- **oracle**: how low these searches can take this model at all, every δ scored on the same "
+                f"{len(test)} test images:", "",
+            "| δ | built on | test images correct (%) | time (s) |", "|---|---|---:|---:|", *rows]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default=None, help="CIFAR-10 location (default $UAT_DATA)")
@@ -82,6 +116,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-sizes", default="128,32", help="comma-separated batch sizes for the refine probe "
                                                               "(the first one with every --epochs, the rest at "
                                                               "the first --epochs)")
+    ap.add_argument("--oracle-betas", default="9,2,1", help="comma-separated β of the oracle's refinements "
+                                                              "on the test images")
+    ap.add_argument("--oracle-epochs", type=int, default=5, help="Alg. 2 epochs of each oracle refinement")
     ap.add_argument("--eps", type=float, default=8.0, help="ε in 0-255 units")
     ap.add_argument("--markdown", action="store_true", help="print markdown lines for docs/benchmarks.md")
     args = ap.parse_args(argv)
@@ -91,9 +128,13 @@ def main(argv=None) -> int:
         if bad or not probes:
             raise UATError(f"unknown probe '{','.join(bad) or '(none)'}': choose from {', '.join(PROBES)}")
         epochs = [int(e) for e in args.epochs.split(",") if e.strip()]
+        betas = [float(v) for v in args.oracle_betas.split(",") if v.strip()]
+        if not betas or not all(0 < v < float("inf") for v in betas):
+            raise UATError(f"--oracle-betas must be positive numbers, got '{args.oracle_betas}'")
         sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
         for name, v in (("attack-size", args.attack_size), ("test-size", args.test_size), ("probe", args.probe),
-                        ("keep", args.keep), ("sweeps", args.sweeps), *(("epochs", e) for e in epochs),
+                        ("keep", args.keep), ("sweeps", args.sweeps), ("oracle-epochs", args.oracle_epochs),
+                        *(("epochs", e) for e in epochs),
                         *(("batch-sizes", b) for b in sizes)):
             if v < 1:
                 raise UATError(f"--{name} must be at least 1, got {v}")
@@ -194,6 +235,8 @@ def main(argv=None) -> int:
                   "| class | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes),
                   "| predicted as (images) | " + " | ".join(str(c) for c in counts) + " |",
                   "| correct (%) | " + " | ".join(f"{100 * a:.0f}" for a in acc) + " |"]
+    if "oracle" in probes:
+        lines += oracle(model, train, test, args.eps, betas, args.oracle_epochs)
     lines += ["", f"Probes took {time.perf_counter() - t0:.0f} s on {os.cpu_count()} logical CPUs, "
                   f"{torch.get_num_threads()} torch threads, torch {torch.__version__}."]
     if args.markdown:

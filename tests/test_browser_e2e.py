@@ -211,3 +211,32 @@ def test_every_page_shows_a_result_and_a_screenshot(server, page, name):
     shown = '[data-testid="stMetric"], [data-testid="stPlotlyChart"], [data-testid="stDataFrame"]'
     assert page.locator(shown).count() > 0
     _shot(page, SHOTS / f"{name}.png")
+
+
+def test_a_change_in_the_page_rewrites_the_url_and_the_link_reproduces_it(server, page):
+    """Every setting is part of the URL (app.py): change two in the page, copy the URL, open it afresh. A linked
+    setting that is not the default (250 images; the digits default is 500) stays in the URL through the changes."""
+    _open(page, server, "attack_lab?lab_size=250")
+    seed = page.get_by_label("Seed")
+    seed.fill("7")
+    seed.press("Enter")
+    _idle(page)
+    toggle = ".st-key-lab_strong input[type=checkbox]"
+    before = page.locator(toggle).is_checked()
+    page.get_by_text("Strong attack (multi-start search)").click()
+    _idle(page)
+    assert page.locator(toggle).is_checked() != before
+    page.wait_for_function("() => window.location.search.includes('lab_seed=7')", timeout=15_000)
+    url = page.url
+    assert "lab_size=250" in url and "lab_seed=7" in url and "lab_strong=" in url, url
+    fresh = page.context.new_page()
+    try:
+        fresh.goto(url)
+        fresh.get_by_role("heading", name=TITLES["attack_lab"]).first.wait_for()
+        _idle(fresh)
+        fresh.wait_for_function("() => document.querySelector('.st-key-lab_seed input')?.value === '7'",
+                                timeout=15_000)
+        fresh.locator(".st-key-lab_size").get_by_text("250", exact=True).first.wait_for(timeout=10_000)
+        assert fresh.locator(toggle).is_checked() != before
+    finally:
+        fresh.close()

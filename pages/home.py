@@ -16,7 +16,8 @@ ds = state.dataset()
 D = S.DATASET[ds]
 
 st.title("UAT Lab")
-st.markdown("#### One tiny pattern fools a classifier on almost every image, and how to train it away.")
+zoo = state.zoo(ds)
+st.markdown(f"#### {ui.headline(zoo.get('natural'))}")
 st.caption("An interactive companion to Shafahi, Najibi, Xu, Dickerson, Davis and Goldstein, *Universal "
            "Adversarial Training*, AAAI 2020 ([arXiv:1811.11304](https://arxiv.org/abs/1811.11304)).")
 
@@ -39,7 +40,6 @@ with left:
                 "the weights and one δ, both updated on every minibatch (Alg. 3), or both from one "
                 "backward pass, at the cost of natural training (Alg. 4, *low-cost*):")
     st.latex(r"\min_\theta\ \max_{\|\delta\|_\infty\le\epsilon}\ \frac1N\sum_i \ell\big(f_\theta(x_i+\delta),y_i\big)")
-zoo = state.zoo(ds)
 with right:
     if "natural" in zoo and state.zoo_delta(ds, "natural") is not None:
         e = zoo["natural"]
@@ -59,7 +59,7 @@ with right:
                     f"of them.{fixed}{uat}")
 
 st.divider()
-c1, c2 = st.columns(2, gap="large")
+c1, c2 = st.columns([2, 3], gap="large")        # the models' table needs the wider half: six columns
 with c1:
     st.subheader("Data in use")
     src = state.cifar_source()

@@ -98,7 +98,11 @@ def draw(job):
         if cur in td:
             ui.delta_picture(td[cur], job.state["eps"], f"δ being learned by {S.ALGO_SHORT[cur]}")
     if job.state.get("rows"):
-        st.dataframe(_table(job.state["rows"]), hide_index=True)
+        st.dataframe(_table(job.state["rows"]), hide_index=True, column_config=ONE_DECIMAL)
+
+
+ONE_DECIMAL = {c: st.column_config.NumberColumn(format="%.1f") for c in
+               ("clean top-1 (%)", "under the strong universal attack (%)", "best fixed pattern (%)", "training (s)")}
 
 
 def _table(rows):
@@ -166,11 +170,12 @@ if not rows:
     st.stop()
 by = {r["algorithm"]: r for r in rows}
 st.markdown("**Test accuracy under a universal attack built against each model** (clean accuracy below)")
-cols = st.columns(len(rows))
-for c, r in zip(cols, rows):
-    c.metric(S.ALGO_SHORT.get(r["algorithm"], r["algorithm"]), ui.pct(r["robust_top1"]),
-             f"clean {ui.pct(r['clean_top1'])}",
-             delta_color="off", delta_arrow="off", border=True, help=S.ALGO_LABEL.get(r["algorithm"]))
+PER_ROW = 4                                   # eight cards in one row cut their figures to "56…"
+for i in range(0, len(rows), PER_ROW):
+    for c, r in zip(st.columns(PER_ROW), rows[i:i + PER_ROW]):
+        c.metric(S.ALGO_SHORT.get(r["algorithm"], r["algorithm"]), ui.pct(r["robust_top1"]),
+                 f"clean {ui.pct(r['clean_top1'])}",
+                 delta_color="off", delta_arrow="off", border=True, help=S.ALGO_LABEL.get(r["algorithm"]))
 c1, c2 = st.columns([3, 2])
 with c1:
     ui.chart(plots.robustness_bars([{**r, "name": S.ALGO_SHORT.get(r["algorithm"], r["algorithm"])} for r in rows],
@@ -191,7 +196,7 @@ with c2:
                "over the image; against the robust models it must look more like the digits or objects "
                "themselves (Figs. 4, 7).")
 st.markdown("**Table 1**")
-st.dataframe(_table(rows), hide_index=True)
+st.dataframe(_table(rows), hide_index=True, column_config=ONE_DECIMAL)
 if "natural" in by and "lowcost" in by and by["lowcost"].get("forward"):
     st.caption("Low-cost UAT uses as many forward/backward passes as natural training; uFGSM twice as many.")
 

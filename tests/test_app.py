@@ -114,6 +114,10 @@ def test_home_says_which_data_and_models_are_in_use():
     nat = table[table["model"] == "natural"].iloc[0]
     assert nat["clean top-1"] == pytest.approx(100 * zoo["natural"]["clean_top1"])
     assert nat["under its own δ"] == pytest.approx(100 * zoo["natural"]["perturbed_top1"])
+    # the headline's words are the table's numbers (issue 11: a headline must not claim more than they show)
+    head = at.markdown[0].value
+    assert f"from {100 * zoo['natural']['clean_top1']:.1f}% right to {100 * zoo['natural']['perturbed_top1']:.1f}%" \
+        in head, head
     assert len(at.get("page_link")) == 8
     assert at.selectbox(key="dataset").options == ["digits"]          # the plain name: it is what ?dataset= carries
 

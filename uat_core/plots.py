@@ -123,9 +123,13 @@ def robustness_bars(rows: list[dict], title: str = "Clean vs robust accuracy") -
         bars.append(go.Bar(name="best fixed pattern (baseline)", x=names, y=[_pct(r.get("fixed_top1")) for r in rows],
                            marker=dict(color="#FFA15A", pattern_shape="/"), textposition="outside",
                            text=["" if r.get("fixed_top1") is None else f"{_pct(r['fixed_top1']):.1f}" for r in rows]))
+    crowded = len(rows) > 4                      # side-by-side labels of three thin bars would overlap: turn them
+    if crowded:
+        for bar in bars:
+            bar.update(textangle=-90, textfont_size=10)
     fig = go.Figure(bars)
     fig.update_layout(title=title, barmode="group", yaxis_title="test accuracy (%)", **LAYOUT)
-    fig.update_yaxes(range=[0, 105])
+    fig.update_yaxes(range=[0, 118 if crowded else 105], tickvals=list(range(0, 101, 20)))
     return fig
 
 

@@ -24,6 +24,16 @@ def w(page: str, name: str) -> dict:
     return {"key": f"{page}_{name}", "bind": "query-params", "persist_state": "session"}
 
 
+def headline(natural: dict | None) -> str:
+    """The home page's one line, in the natural zoo model's own numbers: its test accuracy, clean and under its
+    shipped δ (so the words can never claim more than the figures below them show)."""
+    clean, under = (natural or {}).get("clean_top1"), (natural or {}).get("perturbed_top1")
+    if clean is None or under is None:
+        return "One tiny pattern, the same for every image, can fool a classifier, and how to train it away."
+    return (f"One tiny pattern, the same for every image, takes a classifier from {pct(clean)} right to "
+            f"{pct(under)}, and how to train it away.")
+
+
 def header(title: str, intro: str, paper: str | None = None) -> None:
     st.title(title)
     if paper:

@@ -219,6 +219,20 @@ def test_starting_points_page_scores_the_bank_like_the_engine(eng):
     assert metric(at, "Test accuracy under it") == pytest.approx(round(100 * got["accs"][4], 1))
 
 
+def test_starting_points_table_compares_the_shipped_delta_on_the_same_images(eng):
+    """The bank's best is picked on the page's own test images, so the shipped δ is scored on them too."""
+    at = open_page("starting_points")
+    no_errors(at)
+    table = at.dataframe[0].value.set_index("what")["accuracy (%)"]
+    n = S.defaults("bank", "digits")["test_size"]
+    test = eng["test"].subset(n, 0)
+    delta = load_zoo_perturbation("digits_smallcnn_natural")
+    ref = 100 * evaluate(eng["model"], test.images, test.labels, delta)["perturbed_top1"]
+    row = next(k for k in table.index if k.startswith("the shipped δ") and f"these {n} test images" in k)
+    assert table[row] == pytest.approx(ref, abs=1e-6)
+    assert any(k.startswith("the baseline: best fixed pattern picked on training images") for k in table.index)
+
+
 @pytest.mark.slow
 def test_attack_lab_targeted_run_reports_the_target_rate(eng):
     at = open_page("attack_lab")

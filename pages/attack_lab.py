@@ -149,9 +149,10 @@ with left:
         beats = m["perturbed_top1"] < fx["perturbed_top1"]
         made = {"strong": "strong attack", "alg2": "Alg. 2 from δ = 0"}.get(res.get("attack", "alg2"), "attack")
         st.metric("Best fixed pattern (baseline)", ui.pct(fx["perturbed_top1"]),
-                  f"{100 * (m['perturbed_top1'] - fx['perturbed_top1']):+.1f} pp by the {made}", delta_color="inverse",
-                  border=True, help=f"Test accuracy under the strongest fixed pattern of the bank (`{fx['name']}`, no "
-                                    "optimisation, chosen on the attack images). An attack should leave less.")
+                  f"{100 * (m['perturbed_top1'] - fx['perturbed_top1']):+.1f} pp: {made} vs this baseline",
+                  delta_color="inverse", border=True,
+                  help=f"Test accuracy under the strongest fixed pattern of the bank (`{fx['name']}`, no "
+                       "optimisation, chosen on the attack images). An attack should leave less.")
         if not beats:
             st.warning(f"This δ ({made}) does **not** beat the best fixed pattern `{fx['name']}`: a stripe at ±ε "
                        "fools at least as many test images. Try the strong attack.", icon=":material/warning:")

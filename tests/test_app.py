@@ -443,6 +443,11 @@ def test_beta_page_matches_the_engine(eng):
         assert shown == pytest.approx(100 * m["perturbed_top1"], abs=1e-4)
     sweep = next(c for c in charts(at) if c["layout"]["xaxis"]["title"]["text"].startswith("β"))
     assert sweep["data"][0]["x"] == ["1", "∞"]
+    # the page says in words which way its own numbers go (one subset per β: no spread, so any gap counts)
+    acc = dict(zip(table["β"], table["accuracy under attack (%)"]))
+    verdict = [m.value for m in list(at.info) + list(at.success) if "lipping" in m.value]
+    assert len(verdict) == 1
+    assert ("Clipping helps here" in verdict[0]) == (acc["1"] < acc["∞"]), (acc, verdict)
 
 
 @pytest.mark.slow

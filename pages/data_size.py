@@ -10,11 +10,12 @@ from webapp import live, page, ui
 
 PAGE = "size"
 P = page.open_page(PAGE, "How much data does a universal attack need?",
-                   "Each point is an Alg. 2 attack built on a random subset of *n* training images and measured on the "
-                   "test images, which it never saw. Every attack takes the same number of steps, so only the amount "
-                   "of data changes. A handful of images per class already yields a δ that fools the model on unseen "
-                   "images.", "Fig. 6",
-                   "Settings")
+                   "Each point is a plain Alg. 2 attack (from δ = 0, not the strong attack) built on a random "
+                   "subset of *n* training images and measured on the test images, which it never saw. Every attack "
+                   "takes about the same number of steps (whole passes over its images, as near the setting as they "
+                   "come: the table gives each one's), so mainly the amount of data changes. The paper finds a "
+                   "handful of images per class already enough (Fig. 6); the cards below say how it goes here.",
+                   "Fig. 6", "Settings")
 ds, D, d, train, test, sb, picked = P.ds, P.D, P.d, P.train, P.test, P.sb, P.picked
 SIZES = sorted(set(d["sizes"] + D["attack_sizes"] + [10, 25, 50]))
 

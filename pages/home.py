@@ -107,7 +107,7 @@ links = [
                                                     "and the strong attack"),
     ("pages/starting_points.py", "Why starting points matter", "fixed stripes and checkerboards, and why δ = 0 is a "
                                                                "bad start"),
-    ("pages/beta_clipping.py", "β clipping", "why clipping the loss makes a stronger attack (Fig. 5)"),
+    ("pages/beta_clipping.py", "β clipping", "does clipping the loss make a stronger attack? (Fig. 5)"),
     ("pages/optimizer_race.py", "Optimizer race", "SGD, MSGD, ADAM and PGD on the same data (Figs. 2-3)"),
     ("pages/idf_vs_alg2.py", "iDeepFool vs Alg. 2", "the older attack against the new one (Table 2)"),
     ("pages/data_size.py", "How much data", "how many images an attack needs (Fig. 6)"),

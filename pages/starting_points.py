@@ -5,8 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from uat_core import plots
-from uat_core.evaluation import evaluate
+from uat_core import experiments, plots
 from webapp import live, page, state, ui
 from webapp import settings as S
 
@@ -33,12 +32,11 @@ sb.caption(f"Accuracy on {len(test)} {S.DS_LABEL[ds]} test images (a fixed strat
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def shipped_on_these(ds: str, algo: str, sha: str, n: int) -> float | None:
-    """The shipped δ's accuracy on the page's own test images (``sha`` keys the cache to that δ)."""
+    """The shipped δ's accuracy on the page's own ``n`` test images (``sha`` keys the cache to that δ)."""
     dz = state.zoo_delta(ds, algo) if algo else None
     if dz is None:
         return None
-    model = state.zoo_model(ds, algo).model
-    return evaluate(model, test.images, test.labels, dz, device=state.device())["perturbed_top1"]
+    return experiments.top1_under(state.zoo_model(ds, algo).model, state.test_set(ds, n), dz, state.device())
 
 
 def draw(job):

@@ -81,6 +81,10 @@ with st.expander("The two algorithms", expanded=False):
         "passes); the network must resist four different universal perturbations at every step.")
 
 
+ONE_DECIMAL = {c: st.column_config.NumberColumn(format="%.1f") for c in
+               ("clean top-1 (%)", "under the strong universal attack (%)", "best fixed pattern (%)", "training (s)")}
+
+
 def draw(job):
     live.progress_line(job)
     hist = job.state.get("histories", {})
@@ -99,10 +103,6 @@ def draw(job):
             ui.delta_picture(td[cur], job.state["eps"], f"δ being learned by {S.ALGO_SHORT[cur]}")
     if job.state.get("rows"):
         st.dataframe(_table(job.state["rows"]), hide_index=True, column_config=ONE_DECIMAL)
-
-
-ONE_DECIMAL = {c: st.column_config.NumberColumn(format="%.1f") for c in
-               ("clean top-1 (%)", "under the strong universal attack (%)", "best fixed pattern (%)", "training (s)")}
 
 
 def _table(rows):

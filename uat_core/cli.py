@@ -66,7 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model (natural, uat, lowcost, fgsm, pgd)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _common(t, "folder for model.pt, checkpoint.pt (resume state), metrics.json")
-    t.add_argument("--model", default="smallcnn", help="smallcnn | resnet20 | wrn32_10 | torchvision:<name>")
+    t.add_argument("--model", default="smallcnn",
+                   help="smallcnn | resnet20 (family resnet<6n+2>[_w<k>][_id]) | wrn32_10 (family wrn<d>_<k>) | "
+                        "torchvision:<name>")
+    t.add_argument("--width", type=int, default=1,
+                   help="resnet family: multiply the channels by this integer ≥ 1 (resnet20 --width 4 is resnet20_w4)")
+    t.add_argument("--shortcut", default="projection",
+                   help="resnet family: projection (1×1 conv where shapes change; the default) | identity "
+                        "(He et al.'s parameter-free option A; adds _id to the name)")
+    t.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="label smoothing of the weights' cross-entropy, in [0, 1) (0 = none)")
     t.add_argument("--algorithm", default="natural",
                    help="natural | uat (Alg. 3) | lowcost (Alg. 4) | fgsm | pgd (per-instance baselines)")
     t.add_argument("--epochs", type=int, default=10, help="passes over the training set")
@@ -393,12 +402,12 @@ def cmd_train(args, sink: dict | None = None) -> int:
     from .device import pick_device
     from .evaluation import evaluate
     from .fileio import atomic_write, output_set, prepare_out_dir, write_json
-    from .models import check_arch
+    from .models import arch_name, check_arch
     from .pipeline import make_trainer, meta_for, robustness_report
     from .training import default_config_for
 
     # --- validate everything before any work; every process makes the same checks, so all stop together
-    check_arch(args.model)
+    args.model = arch_name(check_arch(args.model), args.width, args.shortcut)
     info = dataset_info(args.dataset, args.image_size)
     cfg = default_config_for(
         args.dataset, args.model, algorithm=args.algorithm, epochs=args.epochs, batch_size=args.batch_size,
@@ -407,7 +416,8 @@ def cmd_train(args, sink: dict | None = None) -> int:
         pgd_step_size=args.pgd_step_size, fgsm_random_start=args.fgsm_random_start,
         track_every=args.track_every, seed=args.seed, amp=args.amp, channels_last=args.channels_last,
         delta_pool=args.delta_pool, reseed_every=args.reseed_every, reseed_from=args.reseed_from,
-        reseed_candidates=args.reseed_candidates, bank_share=args.bank_share)
+        reseed_candidates=args.reseed_candidates, bank_share=args.bank_share,
+        label_smoothing=args.label_smoothing)
     if args.no_augment:
         cfg.augment = False
     cfg.validate()

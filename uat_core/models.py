@@ -3,7 +3,11 @@
 Architectures (``build_model(arch, ...)``):
 - ``smallcnn``  a 4-conv CNN that trains on digits in seconds (~0.3 M parameters).
 - ``resnet20``  He et al. 2016's CIFAR ResNet (3 stages × 3 basic blocks, 16/32/64 channels, 0.27 M).
-- ``wrn32_10``  the paper's Wide ResNet 32-10 (Madry et al.'s CIFAR model; 46 M parameters, for GPUs).
+  The family is ``resnet<6n+2>[_w<k>][_id]``: depth, k× the channels (``resnet20_w4``: 64/128/256, 4.3 M),
+  and ``_id`` for He et al.'s parameter-free shortcuts (option A: subsample and zero-pad the channels)
+  instead of 1×1-conv projections (option B, the default).
+- ``wrn32_10``  the paper's Wide ResNet 32-10 (Madry et al.'s CIFAR model; 46 M parameters, for GPUs);
+  ``wrn<d>_<k>`` is the family (``wrn16_8``: 11 M, ``wrn28_10``: 36 M; (d - 4) / 6 blocks a stage).
 - ``torchvision:<name>``  any torchvision ImageNet classifier, e.g. ``torchvision:resnet50``;
   ``pretrained=True`` asks torchvision for its published weights (needs internet once).
 """
@@ -15,7 +19,12 @@ import torch.nn.functional as F
 
 from .errors import UATError
 
-ARCHITECTURES = ("smallcnn", "resnet20", "wrn32_10", "torchvision:<name>")
+import re
+
+ARCHITECTURES = ("smallcnn", "resnet20", "resnet<6n+2>[_w<k>][_id]", "wrn32_10", "wrn<d>_<k>", "torchvision:<name>")
+_RESNET = re.compile(r"resnet(\d+)(?:_w(\d+))?(_id)?")
+_WRN = re.compile(r"wrn(\d+)_(\d+)")
+_UNKNOWN = "choose smallcnn, resnet20 (resnet<6n+2>[_w<k>][_id]), wrn32_10 (wrn<d>_<k>) or torchvision:<name>"
 
 
 class Normalized(nn.Module):
@@ -50,8 +59,20 @@ class SmallCNN(nn.Module):
         return self.fc(self.features(x).flatten(1))
 
 
-class BasicBlock(nn.Module):
+class PadShortcut(nn.Module):
+    """He et al.'s option A: x[:, :, ::s, ::s] with the new channels zero (no parameters)."""
+
     def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.stride, self.extra = stride, cout - cin
+
+    def forward(self, x):                                   # (N,cin,H,W) -> (N,cout,H/s,W/s)
+        x = x[:, :, ::self.stride, ::self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, identity: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
@@ -59,7 +80,8 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.short = None
         if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.short = PadShortcut(cin, cout, stride) if identity else \
+                nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -68,25 +90,28 @@ class BasicBlock(nn.Module):
 
 
 class ResNetCIFAR(nn.Module):
-    """ResNet-(6n+2) for 32×32 inputs; n = 3 gives ResNet-20."""
+    """ResNet-(6n+2) for 32×32 inputs; n = 3 gives ResNet-20. ``width`` k multiplies the 16/32/64 channels;
+    ``identity`` picks parameter-free shortcuts (option A) over 1×1 projections (option B)."""
 
-    def __init__(self, n: int = 3, in_channels: int = 3, num_classes: int = 10):
+    def __init__(self, n: int = 3, in_channels: int = 3, num_classes: int = 10, width: int = 1,
+                 identity: bool = False):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16),
+        w = 16 * width
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w),
                                   nn.ReLU(inplace=True))
-        layers, cin = [], 16
-        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+        layers, cin = [], w
+        for cout, stride in ((w, 1), (2 * w, 2), (4 * w, 2)):
             for i in range(n):
-                layers.append(BasicBlock(cin, cout, stride if i == 0 else 1))
+                layers.append(BasicBlock(cin, cout, stride if i == 0 else 1, identity))
                 cin = cout
         self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(4 * w, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x):                                   # (N,C,32,32)
-        x = self.layers(self.stem(x))                       # (N,64,8,8)
+        x = self.layers(self.stem(x))                       # (N,64k,8,8)
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
@@ -107,11 +132,10 @@ class WideBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-depth-k; depth 32 and k = 10 give the paper's WRN 32-10 ((32-2)/6 = 5 blocks per stage)."""
+    """WRN-depth-k with n blocks a stage; the paper's WRN 32-10 is n = 5 (Madry et al.'s naming)."""
 
-    def __init__(self, depth: int = 32, widen: int = 10, in_channels: int = 3, num_classes: int = 10):
+    def __init__(self, n: int = 5, widen: int = 10, in_channels: int = 3, num_classes: int = 10):
         super().__init__()
-        n = (depth - 2) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
         self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         layers, cin = [], widths[0]
@@ -145,30 +169,78 @@ def _torchvision_net(name: str, num_classes: int, pretrained: bool) -> nn.Module
     return builder(weights=None, num_classes=num_classes)
 
 
+def parse_arch(arch: str) -> dict:
+    """The family and hyperparameters of an architecture name, or a one-line UATError.
+
+    >>> parse_arch("resnet20_w2_id")
+    {'family': 'resnet', 'n': 3, 'width': 2, 'identity': True}
+    """
+    if arch == "smallcnn":
+        return {"family": "smallcnn"}
+    if arch.startswith("torchvision:") and len(arch) > len("torchvision:"):
+        return {"family": "torchvision", "name": arch.split(":", 1)[1]}
+    m = _RESNET.fullmatch(arch)
+    if m:
+        depth, width = int(m[1]), int(m[2] or 1)
+        if depth < 8 or (depth - 2) % 6:
+            raise UATError(f"a CIFAR ResNet's depth is 6n+2 (20, 32, 44, 56, 110), got {depth} in '{arch}'")
+        if width < 1:
+            raise UATError(f"the width multiplier must be at least 1, got {width} in '{arch}'")
+        return {"family": "resnet", "n": (depth - 2) // 6, "width": width, "identity": bool(m[3])}
+    m = _WRN.fullmatch(arch)
+    if m:
+        depth, widen = int(m[1]), int(m[2])
+        if depth == 32:                        # the paper's (and Madry et al.'s) name for 5 blocks a stage
+            n = 5
+        elif depth >= 10 and (depth - 4) % 6 == 0:
+            n = (depth - 4) // 6
+        else:
+            raise UATError(f"a Wide ResNet's depth is 6n+4 (16, 22, 28, 34) or 32, got {depth} in '{arch}'")
+        if widen < 1:
+            raise UATError(f"the width multiplier must be at least 1, got {widen} in '{arch}'")
+        return {"family": "wrn", "n": n, "widen": widen}
+    raise UATError(f"unknown model '{arch}': {_UNKNOWN}")
+
+
+def arch_name(base: str, width: int = 1, shortcut: str = "projection") -> str:
+    """The architecture name of ``base`` (a resnet name) with the CLI's --width and --shortcut applied."""
+    if width < 1:
+        raise UATError(f"--width must be at least 1, got {width}")
+    if shortcut not in ("projection", "identity"):
+        raise UATError(f"unknown shortcut '{shortcut}': choose projection or identity")
+    if width == 1 and shortcut == "projection":
+        parse_arch(base)
+        return base
+    spec = parse_arch(base)
+    if spec["family"] != "resnet":
+        raise UATError(f"--width and --shortcut apply to the resnet family, not '{base}'")
+    width *= spec["width"]
+    return (f"resnet{6 * spec['n'] + 2}" + (f"_w{width}" if width > 1 else "")
+            + ("_id" if shortcut == "identity" or spec["identity"] else ""))
+
+
 def build_model(arch: str, num_classes: int = 10, in_channels: int = 3, mean=(0.5,), std=(0.5,),
                 pretrained: bool = False) -> Normalized:
     """A :class:`Normalized` classifier of the named architecture (see the module docstring)."""
-    if arch == "smallcnn":
+    spec = parse_arch(arch)
+    if spec["family"] == "smallcnn":
         net = SmallCNN(in_channels, num_classes)
-    elif arch == "resnet20":
-        net = ResNetCIFAR(3, in_channels, num_classes)
-    elif arch == "wrn32_10":
-        net = WideResNet(32, 10, in_channels, num_classes)
-    elif arch.startswith("torchvision:"):
+    elif spec["family"] == "resnet":
+        net = ResNetCIFAR(spec["n"], in_channels, num_classes, spec["width"], spec["identity"])
+    elif spec["family"] == "wrn":
+        net = WideResNet(spec["n"], spec["widen"], in_channels, num_classes)
+    else:
         if in_channels != 3:
             raise UATError("torchvision ImageNet models need 3-channel images")
-        net = _torchvision_net(arch.split(":", 1)[1], num_classes, pretrained)
-    else:
-        raise UATError(f"unknown model '{arch}': choose smallcnn, resnet20, wrn32_10 or torchvision:<name>")
+        net = _torchvision_net(spec["name"], num_classes, pretrained)
     if len(mean) == 1 and in_channels > 1:
         mean, std = tuple(mean) * in_channels, tuple(std) * in_channels
     return Normalized(net, mean, std)
 
 
 def check_arch(arch: str) -> str:
-    if arch in ("smallcnn", "resnet20", "wrn32_10") or arch.startswith("torchvision:"):
-        return arch
-    raise UATError(f"unknown model '{arch}': choose smallcnn, resnet20, wrn32_10 or torchvision:<name>")
+    parse_arch(arch)
+    return arch
 
 
 def frozen(model: nn.Module):

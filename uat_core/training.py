@@ -83,6 +83,7 @@ class TrainConfig:
     lr: float = 0.1                # peak learning rate of the weights
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    label_smoothing: float = 0.0   # ε_ls of the weights' cross-entropy (Szegedy et al. 2016); 0 = none
     schedule: str = "step"         # step (÷10 at 50% and 75%) | onecycle | cosine | constant
     augment: bool = True           # random crop (pad 4) + horizontal flip
     flip: bool = True              # horizontal flip as part of augment (off for digits)
@@ -153,9 +154,11 @@ class TrainConfig:
 # Settings that must match for --resume to continue the same run.
 RESUME_KEYS = ("algorithm", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "augment",
                "flip", "eps", "delta_rule", "delta_lr", "pgd_steps", "pgd_step_size", "fgsm_random_start",
-               "delta_pool", "reseed_every", "reseed_from", "reseed_candidates", "bank_share", "seed")
+               "delta_pool", "reseed_every", "reseed_from", "reseed_candidates", "bank_share", "label_smoothing",
+               "seed")
+# keys that older checkpoints do not have
 _RESUME_DEFAULTS = {"fgsm_random_start": False, "delta_pool": 1, "reseed_every": 0, "reseed_from": "bank",
-                    "reseed_candidates": 7, "bank_share": 0.0}   # keys that older checkpoints do not have
+                    "reseed_candidates": 7, "bank_share": 0.0, "label_smoothing": 0.0}
 
 
 @dataclass
@@ -439,6 +442,10 @@ class Trainer(Run):
             if self.delta_opt is not None:
                 self.delta_opt.state.clear()               # a fresh start: Adam's moments begin again
 
+    def _loss(self, logits, y):
+        """The training loss of the weights: cross-entropy, with ``label_smoothing`` (Alg. 4's δ shares it)."""
+        return F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+
     # ---- one step per algorithm ------------------------------------------------------------------
     def _step(self, x, y, gen: torch.Generator, track: bool) -> dict:
         """One minibatch: x (B,C,H,W) float in [0,1], y (B,). Returns the history row's metrics."""
@@ -448,13 +455,13 @@ class Trainer(Run):
             return self._pool_step(x, y, track, gen)
         if c.algorithm == "natural":
             logits = self._fwd(net, x)
-            loss = F.cross_entropy(logits, y)
+            loss = self._loss(logits, y)
             self._weights_step(loss)
             self.opt.step()
         elif c.algorithm == "uat":                                        # Alg. 3
             d_old = self.delta.detach().clone()
             logits = self._fwd(net, apply(x, d_old))
-            loss = F.cross_entropy(logits, y)
+            loss = self._loss(logits, y)
             self._weights_step(loss)
             self.opt.step()
             g, logits_new = self._input_grad(x, y, d_old)                   # with the updated weights
@@ -463,7 +470,7 @@ class Trainer(Run):
         elif c.algorithm == "lowcost":                                    # Alg. 4
             d_old = self.delta.detach().clone().requires_grad_(True)
             logits = self._fwd(net, apply(x, d_old))
-            loss = F.cross_entropy(logits, y)
+            loss = self._loss(logits, y)
             self._weights_step(loss)                                        # one backward: ∇θ and ∇δ
             self._ascend(d_old.grad)                                        # both updates use (θ_t, δ_t) ...
             rec["acc_before"] = _acc(logits.detach(), y)                    # θ_old, δ_old: free
@@ -480,7 +487,7 @@ class Trainer(Run):
                 g, _ = self._input_grad(x, y)
                 xa = (x + self.eps * g.sign()).clamp(0, 1)
             logits = self._fwd(net, xa)
-            loss = F.cross_entropy(logits, y)
+            loss = self._loss(logits, y)
             self._weights_step(loss)
             self.opt.step()
         else:                                                             # pgd
@@ -490,7 +497,7 @@ class Trainer(Run):
                 g, _ = self._input_grad((x + r).clamp(0, 1), y)
                 r = (r + alpha * g.sign()).clamp(-self.eps, self.eps)
             logits = self._fwd(net, (x + r).clamp(0, 1))
-            loss = F.cross_entropy(logits, y)
+            loss = self._loss(logits, y)
             self._weights_step(loss)
             self.opt.step()
         lv = loss.item()
@@ -533,7 +540,7 @@ class Trainer(Run):
         if c.algorithm == "uat":                                                 # Alg. 3
             P = self.pool.detach().clone()                                       # (m,C,H,W)
             logits = self._fwd(net, apply(x, perturb(P)))
-            loss = F.cross_entropy(logits, y)
+            loss = self._loss(logits, y)
             self._weights_step(loss)
             self.opt.step()
             m = self.model                                                       # ∇ of every member at once
@@ -555,7 +562,7 @@ class Trainer(Run):
         else:                                                                    # Alg. 4: one backward
             P = self.pool.detach().clone().requires_grad_(True)
             logits = self._fwd(net, apply(x, perturb(P)))
-            loss = F.cross_entropy(logits, y)
+            loss = self._loss(logits, y)
             self._weights_step(loss)
             self._ascend(P.grad, self.pool)
             rec["acc_before"] = _acc(logits.detach(), y)

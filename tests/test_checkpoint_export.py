@@ -49,7 +49,7 @@ def fresh(arch="smallcnn", classes=10, channels=1, seed=0):
 # checkpoints
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch,channels", [("smallcnn", 1), ("resnet20", 3)])
+@pytest.mark.parametrize("arch,channels", [("smallcnn", 1), ("resnet20", 3), ("resnet8_w2_id", 3), ("wrn10_1", 3)])
 def test_round_trip_gives_the_same_function_and_meta(tmp_path, arch, channels):
     model = fresh(arch, 10, channels)
     meta = digits_meta(arch, 10, channels)

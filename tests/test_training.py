@@ -354,7 +354,8 @@ def test_nan_loss_stops_with_one_line_error(digits, monkeypatch):
     ({"delta_pool": 0}, "pool needs at least 1"), ({"reseed_every": -1}, "re-seed interval"),
     ({"reseed_from": "noise"}, "unknown re-seed strategy"), ({"reseed_candidates": 0}, "candidates"),
     ({"delta_pool": 2, "delta_rule": "adam"}, "not adam"), ({"bank_share": 1.0}, "bank share"),
-    ({"bank_share": -0.1}, "bank share")])
+    ({"bank_share": -0.1}, "bank share"), ({"label_smoothing": 1.0}, "label smoothing"),
+    ({"label_smoothing": -0.1}, "label smoothing"), ({"label_smoothing": math.nan}, "label smoothing")])
 def test_bad_config_is_a_one_line_error(kw, match):
     base = {"algorithm": "uat"}
     base.update(kw)
@@ -377,7 +378,10 @@ def test_training_set_smaller_than_a_batch(digits):
     (["--resume"], "nothing to resume"), (["--algorithm", "uat", "--delta-pool", "0"], "pool"),
     (["--algorithm", "lowcost", "--reseed-every", "-2"], "re-seed interval"),
     (["--algorithm", "uat", "--reseed-from", "gauss"], "re-seed strategy"),
-    (["--init-weights", "no_such_model"], "neither a file nor a zoo model")])
+    (["--init-weights", "no_such_model"], "neither a file nor a zoo model"),
+    (["--label-smoothing", "1"], "label smoothing"), (["--model", "resnet20", "--width", "0"], "width"),
+    (["--model", "resnet20", "--shortcut", "none"], "unknown shortcut"), (["--model", "resnet21"], "6n+2"),
+    (["--model", "smallcnn", "--width", "2"], "resnet family")])
 def test_cli_bad_input(tmp_path, capsys, flags, match):
     out = tmp_path / "run"
     rc = run_cli("train", "--dataset", "digits", "--out", out, "--quiet", *flags)
@@ -488,3 +492,32 @@ def test_cli_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, ca
     obj = read_checkpoint(out / "checkpoint.pt")
     assert obj["extra"]["step"] == 8
     assert all(torch.isfinite(v).all() for v in obj["state_dict"].values() if v.is_floating_point())
+
+
+def test_label_smoothing_step_matches_a_plain_reference(digits):
+    """Natural training with label smoothing ε_ls: the loss is (1 − ε_ls)·CE + ε_ls·mean_k(−log p_k),
+    written out by hand here; one epoch of steps gives the same weights."""
+    train = digits[0].subset(64, 3)
+    ls = 0.3
+    c = cfg(algorithm="natural", epochs=3, batch_size=64, schedule="constant", label_smoothing=ls)
+    model0 = new_model("smallcnn", train, 0)
+    ref = copy.deepcopy(model0).train()
+    plain = copy.deepcopy(model0).train()
+    tr = Trainer(model0, train, c)
+    res = tr.run()
+    opts = [torch.optim.SGD(m.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                            nesterov=True) for m in (ref, plain)]
+    for epoch in range(3):
+        order = tr._order(epoch)
+        x, y = train.float_images(order), train.labels[order]
+        logp = torch.log_softmax(ref(x), 1)                                   # (B,K)
+        loss = -(1 - ls) * logp.gather(1, y[:, None]).mean() - ls * logp.mean()
+        opts[0].zero_grad()
+        loss.backward()
+        opts[0].step()
+        loss = F.cross_entropy(plain(x), y)                                   # the same steps without smoothing
+        opts[1].zero_grad()
+        loss.backward()
+        opts[1].step()
+    torch.testing.assert_close(params(res.model), params(ref), atol=1e-5, rtol=1e-4)
+    assert (params(res.model) - params(plain)).abs().max() > 1e-3             # smoothing changed the steps

@@ -123,6 +123,8 @@ class TrainConfig:
             raise UATError(f"delta lr must be a number > 0, got {self.delta_lr}")
         if self.delta_rule == "adam" and self.delta_lr > 255:
             raise UATError(f"delta lr of the adam rule is a step in 0-255 units: at most 255, got {self.delta_lr}")
+        if not (0.0 <= self.label_smoothing < 1.0):
+            raise UATError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.pgd_steps < 1:
             raise UATError(f"pgd steps must be at least 1, got {self.pgd_steps}")
         if self.pgd_step_size is not None and not (0 < self.pgd_step_size <= 255):

@@ -53,6 +53,7 @@ PAGES = {
     "size": ("pages/data_size.py", "How much data", "data_size", ":material/dataset:"),
     "bank": ("pages/starting_points.py", "Why starting points matter", "starting_points", ":material/grid_on:"),
     "transfer": ("pages/transfer.py", "Transfer", "transfer", ":material/swap_horiz:"),
+    "why": ("pages/vulnerability.py", "Why some models fall", "vulnerability", ":material/compare:"),
 }
 PAGE_PREFIXES = tuple(f"{slot}_" for slot in PAGES if slot != "home")
 
@@ -74,6 +75,7 @@ nav = st.navigation({
     "Overview": [_page("home")],
     "Attacking: Alg. 2": [_page("lab"), _page("bank"), _page("beta"), _page("race"), _page("idf"), _page("size")],
     "Defending: Alg. 3 and 4": [_page("uat"), _page("transfer")],
+    "What makes a model vulnerable": [_page("why")],
 })
 
 with st.sidebar:

@@ -113,6 +113,8 @@ links = [
     ("pages/data_size.py", "How much data", "how many images an attack needs (Fig. 6)"),
     ("pages/uat_training.py", "Universal adversarial training", "train natural, UAT and low-cost live (Table 1)"),
     ("pages/transfer.py", "Transfer", "does model A's δ fool model B?"),
+    ("pages/vulnerability.py", "Why some models fall", "what in a classifier's recipe makes one pattern fool it: "
+                                                       "the study, and two natural models side by side"),
 ]
 for f, title, what in links:
     st.page_link(f, label=f"**{title}** — {what}", icon=":material/arrow_forward:")

@@ -118,7 +118,7 @@ def test_home_says_which_data_and_models_are_in_use():
     head = at.markdown[0].value
     assert f"from {100 * zoo['natural']['clean_top1']:.1f}% right to {100 * zoo['natural']['perturbed_top1']:.1f}%" \
         in head, head
-    assert len(at.get("page_link")) == 8
+    assert len(at.get("page_link")) == 9
     assert at.selectbox(key="dataset").options == ["digits"]          # the plain name: it is what ?dataset= carries
 
 
@@ -743,3 +743,22 @@ def test_every_pages_settings_round_trip_through_its_url(page):
     kept = {k: at.query_params.get(k) for k in params}
     kept = {k: v[0] if isinstance(v, list) and len(v) == 1 else v for k, v in kept.items()}   # older AppTest: lists
     assert kept == params
+
+
+def test_vulnerability_page_draws_the_study_and_says_the_side_by_side_needs_cifar10():
+    """The study's rows (docs/study) as a chart and a table with the same figures; on digits, the two-model
+    comparison says it needs CIFAR-10 instead of failing."""
+    from uat_core import study
+    at = open_page("vulnerability")
+    no_errors(at)
+    rows = study.load_results()
+    if rows:
+        spec = charts(at)[0]
+        strong = next(t for t in spec["data"] if t["name"] == "strong attack")
+        assert strong["x"] == pytest.approx([100 * r["strong_top1"] for r in rows])
+        table = at.dataframe[0].value
+        assert list(table["row"]) == [r["row"] for r in rows]
+        assert list(table["strong attack"]) == pytest.approx([100 * r["strong_top1"] for r in rows])
+    else:
+        assert any("No study rows" in i.value for i in at.info)
+    assert any("CIFAR-10 classifiers" in i.value for i in at.info)

@@ -9,7 +9,7 @@ from uat_core import zoo
 from uat_core.data import load_dataset
 from uat_core.evaluation import evaluate
 
-ENTRIES = zoo.list_models()
+ENTRIES = zoo.list_models(group=None)      # the zoo and the vulnerability study's models
 
 
 def _available(dataset: str) -> bool:

@@ -133,6 +133,33 @@ def robustness_bars(rows: list[dict], title: str = "Clean vs robust accuracy") -
     return fig
 
 
+def study_figure(results: list[dict], paper: tuple[float, float] | None = (0.952, 0.092),
+                 title: str = "What makes a classifier fall to one pattern (CIFAR-10, ε = 8)") -> go.Figure:
+    """The vulnerability study as horizontal bars, one group per row (%): clean, the paper's Alg. 2 from δ = 0,
+    the best fixed pattern (the baseline) and the strong attack. results: ``uat_core.study.load_results()``
+    (dicts with "row", "factor", "change", "clean_top1", "alg2_top1", "fixed_top1", "strong_top1"), drawn in
+    the order given (top to bottom). ``paper``: (clean, attacked) of the paper's WRN 32-10, drawn as lines."""
+    labels = [f"{r['row']}: {r['change']}" if len(r["change"]) <= 28 else f"{r['row']}: {r['factor']}"
+              for r in results]
+    series = [("clean", "clean_top1", dict(color="#C8C8C8")),
+              ("Alg. 2 from δ = 0", "alg2_top1", dict(color=PALETTE["alg2"], opacity=0.55)),
+              ("best fixed pattern (baseline)", "fixed_top1", dict(color="#FFA15A", pattern_shape="/")),
+              ("strong attack", "strong_top1", dict(color="#B6232A"))]
+    fig = go.Figure([go.Bar(name=name, y=labels, x=[_pct(r.get(k)) for r in results], orientation="h", marker=mk,
+                            text=[f"{_pct(r[k]):.1f}" if r.get(k) is not None else "" for r in results],
+                            textposition="outside", textfont_size=10)
+                     for name, k, mk in series])
+    height = max(300, 120 + 92 * len(results))
+    fig.update_layout(title=title, barmode="group", xaxis_title="test accuracy (%)",
+                      **{**LAYOUT, "height": height, "margin": dict(l=10, r=20, t=90, b=45)})
+    fig.update_xaxes(range=[0, 108], tickvals=list(range(0, 101, 20)))
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    if paper is not None:
+        fig.add_vline(x=_pct(paper[1]), line_dash="dot", line_color="#B6232A",
+                      annotation_text=f"paper: {_pct(paper[1]):.1f}% under attack", annotation_position="bottom right")
+    return fig
+
+
 def leaderboard_bars(rows: list[dict], current: str | None = None, key: str = "acc",
                      title: str = "Strong attack: the starts, scored on the attack set") -> go.Figure:
     """The strong attack's starts as horizontal bars of accuracy under δ (%; lower = a stronger start).

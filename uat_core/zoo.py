@@ -126,10 +126,16 @@ def zoo_name(dataset: str, algorithm: str) -> str:
     return f"{dataset}_{RECIPES[dataset]['model']}_{algorithm}"
 
 
-def list_models(dataset: str | None = None) -> list[dict]:
-    """Manifest entries (with ``name``), optionally for one dataset."""
+GROUPS = ("zoo", "study")   # zoo: one model per algorithm (Table 1); study: the vulnerability study's models
+
+
+def list_models(dataset: str | None = None, group: str | None = "zoo") -> list[dict]:
+    """Manifest entries (with ``name``), optionally for one dataset. ``group``: "zoo" (the default: the models
+    of Table 1, one per algorithm), "study" (natural models of the vulnerability study, ``uat_core.study``)
+    or None (all)."""
     man = read_manifest()
-    return [{"name": k, **v} for k, v in man["models"].items() if dataset is None or v["dataset"] == dataset]
+    return [{"name": k, **v} for k, v in man["models"].items() if (dataset is None or v["dataset"] == dataset)
+            and (group is None or v.get("group", "zoo") == group)]
 
 
 def load_zoo_model(name: str, device="cpu"):
@@ -249,6 +255,43 @@ def build(dataset: str, only: list[str] | None = None, data_root: str | None = N
               f"{100 * ev['perturbed_top1']:.1f}%, best fixed pattern {100 * ev['fixed_top1']:.1f}%", flush=True)
 
 
+def add_study_model(row: str, data_root: str | None = None, device: str | None = None) -> str:
+    """Ship the trained model of vulnerability-study row ``row`` (``runs/study/<row>``, see
+    ``bench/vulnerability_study.py``) beside the zoo as ``cifar10_<arch>_study_<row>`` (group "study"), with
+    its perturbation made by the strong attack as for every zoo model. Returns its name."""
+    from .checkpoint import load_checkpoint
+    from .device import pick_device
+    from .study import ROWS, RUNS as STUDY_RUNS
+    if row not in ROWS:
+        raise UATError(f"unknown study row '{row}': choose {', '.join(ROWS)}")
+    run = STUDY_RUNS / row
+    if not (run / "model.pt").is_file() or not (run / "metrics.json").is_file():
+        raise UATError(f"study row '{row}' is not trained yet: run python bench/vulnerability_study.py --rows {row}")
+    dev = pick_device(device)
+    metrics = json.loads((run / "metrics.json").read_text())
+    _, meta = load_checkpoint(run / "model.pt")
+    name = f"cifar10_{meta['arch']}_study_{row}"
+    ZOO_DIR.mkdir(parents=True, exist_ok=True)
+    dst = ZOO_DIR / f"{name}.pt"
+    shutil.copyfile(run / "model.pt", dst)
+    man = read_manifest()
+    man["models"][name] = {
+        "file": dst.name, "sha256": sha256(dst), "arch": meta["arch"], "dataset": "cifar10", "group": "study",
+        "algorithm": "natural", "study_row": row, "study_factor": ROWS[row][0], "study_change": ROWS[row][1],
+        "trained_with": "natural", "eps": RECIPES["cifar10"]["eps"],
+        "label_smoothing": meta["training"].get("label_smoothing", 0.0),
+        "epochs": metrics["epochs"], "train_size": metrics["train_size"], "clean_top1": metrics["clean_top1"],
+        "train_seconds": round(metrics["seconds"], 1), "passes": metrics.get("passes"),
+        "command": (meta["training"].get("command") or "").replace(str(ROOT) + os.sep, ""),
+        "device": "cpu", "built": _dt.date.today().isoformat(),
+    }
+    write_manifest(man)
+    ev = ship_perturbation(name, data_root, dev)
+    print(f"{name}: clean {100 * ev['clean_top1']:.1f}%, with its δ (strong attack) "
+          f"{100 * ev['perturbed_top1']:.1f}%, best fixed pattern {100 * ev['fixed_top1']:.1f}%", flush=True)
+    return name
+
+
 def ship_perturbation(name: str, data_root: str | None = None, dev=None, cache: Path | None = None) -> dict:
     """Build the shipped universal perturbation of zoo model ``name`` with the strong attack (ε as trained,
     β = 9, 10 epochs, the recipe's attack images), evaluate it and the best fixed pattern on the whole test
@@ -332,6 +375,12 @@ def main(argv=None) -> int:
     ra.add_argument("--dataset", default="digits", help="digits | cifar10")
     ra.add_argument("--data-root", default=None, help="CIFAR-10 location (default $UAT_DATA)")
     ra.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU) | cpu | cuda | cuda:N")
+    st = sub.add_parser("add-study", help="ship a trained model of the vulnerability study "
+                                          "(bench/vulnerability_study.py) beside the zoo, with its strong-attack δ")
+    st.add_argument("--row", required=True,
+                    help="the study row, e.g. ls01 (python bench/vulnerability_study.py --list)")
+    st.add_argument("--data-root", default=None, help="CIFAR-10 location (default $UAT_DATA)")
+    st.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU) | cpu | cuda | cuda:N")
     sub.add_parser("list", help="print the manifest")
     args = ap.parse_args(argv)
     try:
@@ -346,11 +395,13 @@ def main(argv=None) -> int:
                          pgd_size=args.pgd_size, only=args.only.split(",") if args.only else None)
         elif args.cmd == "refresh":
             refresh(args.dataset, args.data_root)
+        elif args.cmd == "add-study":
+            add_study_model(args.row, args.data_root, args.device)
         elif args.cmd == "reattack":
             reattack(args.dataset, args.data_root, args.device, ROOT / "runs" / "report_cache")
         else:
-            for m in list_models():
-                print(f"{m['name']:32s} clean {100 * m['clean_top1']:5.1f}%  robust "
+            for m in list_models(group=None):
+                print(f"{m['name']:40s} clean {100 * m['clean_top1']:5.1f}%  robust "
                       f"{100 * (m.get('robust_top1') or 0):5.1f}%  {m['train_seconds']:7.1f} s")
     except UATError as e:
         print(f"error: {e}", file=sys.stderr)

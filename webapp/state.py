@@ -129,6 +129,22 @@ def zoo_delta(ds: str, algo: str) -> torch.Tensor | None:
     return None if e is None else _zoo_delta(e["name"], e.get("perturbation_sha256", ""))
 
 
+def study_pair(ds: str) -> tuple[dict, dict] | None:
+    """(the zoo's natural model, the vulnerability study's most vulnerable natural model) of ``ds``: manifest
+    entries with a shipped δ, or None where the study has shipped no model for ``ds``."""
+    nat = zoo(ds).get("natural")
+    study = [e for e in list_models(ds, group="study") if (ZOO_DIR / e["file"]).is_file()
+             and e.get("perturbed_top1") is not None]
+    if nat is None or not study:
+        return None
+    return nat, min(study, key=lambda e: e["perturbed_top1"])
+
+
+def entry_model(e: dict) -> tuple[torch.nn.Module, torch.Tensor | None]:
+    """A manifest entry's model (frozen, shared) and its shipped δ."""
+    return _zoo_model(e["name"], e["sha256"])[0], _zoo_delta(e["name"], e.get("perturbation_sha256", ""))
+
+
 def session_models(ds: str) -> dict[str, Picked]:
     """Models trained live on the training page in this session."""
     return st.session_state.setdefault("_session_models", {}).get(ds, {})

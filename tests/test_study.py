@@ -1,0 +1,90 @@
+"""The vulnerability study (uat_core/study.py, bench/vulnerability_study.py): rows are valid commands, the
+table and the plot show the figures they are given, and bad requests are one-line errors."""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from uat_core import cli, plots, study, zoo
+from uat_core.errors import UATError
+from uat_core.models import arch_name
+from uat_core.training import default_config_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("row", list(study.ROWS))
+def test_every_row_is_a_valid_training_command_that_differs_from_base_in_its_factor(row):
+    argv = shlex.split(study.command(row))[3:]                        # after "python -m uat_core"
+    args = cli.build_parser().parse_args(argv)
+    arch_name(args.model, args.width, args.shortcut)                  # raises on a bad architecture
+    default_config_for("cifar10", args.model, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                       schedule=args.schedule, label_smoothing=args.label_smoothing,
+                       weight_decay=args.weight_decay).validate()
+    assert args.out == f"runs/study/{row}" and args.dataset == "cifar10" and args.no_report
+    if row != "base":
+        assert study.ROWS[row][3] != study.BASE
+
+
+def test_with_replaces_flags_and_adds_bare_ones():
+    a = study._with(epochs=30, no_augment=True, label_smoothing=0.1)
+    assert a[a.index("--epochs") + 1] == "30" and a.count("--epochs") == 1
+    assert "--no-augment" in a and a[a.index("--label-smoothing") + 1] == "0.1"
+    assert study.BASE[study.BASE.index("--epochs") + 1] == "10"        # BASE itself is untouched
+
+
+def fake(row: str, strong: float) -> dict:
+    return {"row": row, "factor": study.ROWS[row][0], "change": study.ROWS[row][1], "clean_top1": 0.85,
+            "train_top1": 0.9, "alg2_top1": strong + 0.1, "fixed_top1": strong + 0.05, "strong_top1": strong,
+            "train_seconds": 1800.0}
+
+
+def test_results_are_ordered_base_first_then_most_vulnerable_and_tabled(tmp_path):
+    for r, s in (("ls01", 0.40), ("base", 0.55), ("noaug", 0.30)):
+        (tmp_path / f"{r}.json").write_text(json.dumps(fake(r, s)))
+    got = study.load_results(tmp_path)
+    assert [r["row"] for r in got] == ["base", "noaug", "ls01"]
+    md = study.table(got).splitlines()
+    assert md[0].startswith("| row |") and len(md) == 2 + 3
+    assert "**30.0**" in md[3] and "| 30 min |" in md[3] and "`noaug`" in md[3]
+
+
+def test_study_figure_draws_the_four_figures_of_every_row():
+    rows = [fake("base", 0.55), fake("ls01", 0.40)]
+    fig = plots.study_figure(rows)
+    assert [t.name for t in fig.data] == ["clean", "Alg. 2 from δ = 0", "best fixed pattern (baseline)",
+                                         "strong attack"]
+    strong = fig.data[3]
+    assert list(strong.x) == pytest.approx([55.0, 40.0]) and strong.y[0].startswith("base")
+    assert list(fig.data[0].x) == pytest.approx([85.0, 85.0])
+
+
+def test_script_lists_rows_and_refuses_unknown_ones():
+    out = subprocess.run([sys.executable, "bench/vulnerability_study.py", "--list"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert all(f"runs/study/{r}" in out for r in study.ROWS)
+    bad = subprocess.run([sys.executable, "bench/vulnerability_study.py", "--rows", "nope"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown row 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_shipping_an_untrained_or_unknown_row_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "RUNS", tmp_path)
+    with pytest.raises(UATError, match="not trained yet"):
+        zoo.add_study_model("ls01")
+    with pytest.raises(UATError, match="unknown study row"):
+        zoo.add_study_model("ls99")
+
+
+def test_study_models_stay_out_of_the_zoo_listing(monkeypatch):
+    man = {"models": {"a": {"dataset": "cifar10", "algorithm": "natural"},
+                      "b": {"dataset": "cifar10", "algorithm": "natural", "group": "study"}}}
+    monkeypatch.setattr(zoo, "read_manifest", lambda: man)
+    assert [m["name"] for m in zoo.list_models("cifar10")] == ["a"]
+    assert [m["name"] for m in zoo.list_models("cifar10", group="study")] == ["b"]
+    assert len(zoo.list_models(group=None)) == 2

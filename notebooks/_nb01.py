@@ -18,7 +18,8 @@ def cells():
         2. write the paper's attack, **Alg. 2**, in a dozen lines of PyTorch and check it against the engine;
         3. watch it run live, then race its **four optimizers** (SGD, momentum, ADAM, sign gradient);
         4. watch δ **evolve** step by step, see why **δ = 0 is a bad place to start** (fixed patterns and the
-           strong attack), and **export** δ as `.pt`, `.npy`, `.png` and `.gif`.
+           strong attack), and **export** δ as `.pt`, `.npy`, `.png` and `.gif`;
+        5. see **what makes one classifier fall further than another** under the same attack (the study).
 
         Run the cells from top to bottom (*Run ▸ Run All Cells* works too). Cells that compute something
         print how long they took. The models come from the project's **zoo** (`assets/models/`), so nothing
@@ -345,6 +346,57 @@ def cells():
         m2 = evaluate(model, test.images, test.labels, again, test.num_classes)
         print(f"reloaded δ: test accuracy {100 * m2['perturbed_top1']:.1f} % (same as before)")
         display(Image(filename=paths["png"]))
+        """),
+
+        md(r"""
+        ## 8. Why do some classifiers fall further than others?
+
+        The paper's natural WRN 32-10 (95.2 % clean) falls to **9.2 %** under one universal δ at ε = 8. The zoo's
+        natural ResNet-20 keeps far more, even under the strong attack of section 6. The attack is the same, so
+        the difference lies in the classifiers. The project's **vulnerability study** (`uat_core/study.py`, run
+        by `bench/vulnerability_study.py`) trains CIFAR-10 classifiers that differ from one base recipe in **one
+        factor at a time** and measures each with the same protocol (ε = 8, attack built on 2,000 training
+        images, scored on all 10,000 test images). Its results ship in `docs/study/`:
+        """),
+        code(r"""
+        from uat_core import study
+
+        rows = study.load_results()                      # base first, then the most vulnerable rows
+        if rows:
+            display(go.FigureWidget(plots.study_figure(rows)))
+            display(pd.DataFrame([{"row": r["row"], "factor": r["factor"], "change": r["change"],
+                                   "clean %": 100 * r["clean_top1"], "train %": 100 * r["train_top1"],
+                                   "Alg. 2 %": 100 * r["alg2_top1"], "best fixed %": 100 * r["fixed_top1"],
+                                   "strong %": 100 * r["strong_top1"]} for r in rows]).round(1))
+        else:
+            print("no study rows measured yet: python bench/vulnerability_study.py --rows base,ls01")
+        """),
+        md(r"""
+        Two natural classifiers of similar clean accuracy can keep very different shares under the same attack.
+        Below, on CIFAR-10 (the study's models are CIFAR-10 classifiers), the zoo's natural model **A** and the
+        study's most vulnerable model **B** are each scored clean, under their own shipped δ and under each
+        other's. If B's δ fools A less than A's own δ does, what makes B fall is B itself, not a stronger
+        pattern.
+        """),
+        code(r"""
+        STUDY = [m for m in zoo.list_models("cifar10", group="study") if m.get("perturbed_top1") is not None]
+        if USE_CIFAR and STUDY:
+            B_entry = min(STUDY, key=lambda m: m["perturbed_top1"])
+            pair = {"A": ZOO["natural"], "B": B_entry["name"]}
+            models = {k: zoo.load_zoo_model(n)[0] for k, n in pair.items()}
+            deltas = {k: zoo.load_zoo_perturbation(n) for k, n in pair.items()}
+            matrix, sources, targets = experiments.transfer_matrix(models, deltas, test)   # rows: δ of; cols: model
+            print(f"B = {B_entry['name']} ({B_entry['study_factor']}: {B_entry['study_change']})")
+            under = {(s, t): matrix[i][j] for i, s in enumerate(sources) for j, t in enumerate(targets)}
+            for k, other in (("A", "B"), ("B", "A")):
+                clean = experiments.top1_under(models[k], test, None)
+                print(f"{k}: clean {100 * clean:5.1f} %   own δ {100 * under[k, k]:5.1f} %   "
+                      f"{other}'s δ {100 * under[other, k]:5.1f} %")
+            display(widgets.HBox([widgets.Image(value=export.png_bytes(export.delta_image(deltas[k], EPS / 255, 6)),
+                                                width=160) for k in ("A", "B")]))
+        else:
+            print("The side-by-side needs CIFAR-10 ($UAT_DATA) and a shipped study model "
+                  "(python -m uat_core.zoo add-study --row ROW); the app's page 'Why some models fall' shows it too.")
         """),
 
         md(r"""

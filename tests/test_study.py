@@ -88,3 +88,18 @@ def test_study_models_stay_out_of_the_zoo_listing(monkeypatch):
     assert [m["name"] for m in zoo.list_models("cifar10")] == ["a"]
     assert [m["name"] for m in zoo.list_models("cifar10", group="study")] == ["b"]
     assert len(zoo.list_models(group=None)) == 2
+
+
+def test_markdown_states_each_factors_effect_from_the_figures_and_lists_the_gpu_commands():
+    rows = [dict(fake("base", 0.55), date="2026-12-05", machine="x86_64 CPU", measure_seconds=300.0,
+                 command=study.command("base")),
+            dict(fake("ls01", 0.40), clean_top1=0.84, date="2026-12-05", machine="x86_64 CPU", measure_seconds=300.0,
+                 command=study.command("ls01"))]
+    ref = {"recipe": "--epochs 40", "trained_on": "NVIDIA H200", "clean_top1": 0.876, "alg2_top1": 0.676,
+           "fixed_top1": 0.597, "strong_top1": 0.566}
+    doc = study.markdown(rows, "Label smoothing did it.", ref, "python bench/vulnerability_study.py --markdown X")
+    assert "`ls01` (label smoothing: 0.1): more vulnerable than the base, -15.0 points" in doc
+    assert "at -1.0 points of clean accuracy (84.0%)" in doc
+    assert "56.6% under the strong attack" in doc and "## The finding\n\nLabel smoothing did it." in doc
+    for row, (_, _, where, _) in study.ROWS.items():
+        assert (study.command(row) in doc) == (where == "gpu" or row in ("base", "ls01"))

@@ -9,6 +9,7 @@ Modules, one idea each:
                   patterns and re-seeds as a stronger training adversary
     evaluation    top-1/top-5, fooling ratio, per-class accuracy
     data          CIFAR-10, scikit-learn digits, any image folder, as uint8 tensors in memory
+    stream        image folders too large for memory, read from disk by DataLoader worker processes
     models        SmallCNN, ResNet-20, WRN-32-10, torchvision classifiers, behind a normalizing wrapper
     checkpoint    weights + metadata, loaded with weights_only=True
     export        δ as .pt/.npy/.png/.gif and image grids

@@ -1,10 +1,16 @@
 """Command line: ``python -m uat_core {train,attack,eval} ...``. Every flag is explained by ``--help``.
 
-Errors a user can cause print one line ("error: ...") and exit with status 2, before any work is done.
+Errors a user can cause print one line ("error: ...") and exit with status 2, before any work is done;
+what is skipped without stopping the work (a corrupt image met mid-stream) prints one line "warning: ...".
+
+``imagefolder:`` splits too large to decode into memory are streamed from disk (``--stream``, ``stream.py``):
+``attack`` decodes only its stratified attack set, ``eval`` and ``train`` stream the whole split (and the
+training set) through worker processes; every file's header is checked before any work.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -47,6 +53,19 @@ def _common(p: argparse.ArgumentParser, out_help: str):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--eval-size", type=int, default=None,
                    help="evaluate on this many test images (stratified, seeded; default: the whole test split)")
+    p.add_argument("--stream", default="auto",
+                   help="imagefolder data: read a split from disk as it is needed (worker processes decode each "
+                        "minibatch; memory stays bounded whatever the folder's size; every file's header is checked "
+                        "first) instead of decoding it whole into memory (faster for small folders): auto (stream a "
+                        "split whose decoded copy exceeds --stream-threshold) | on | off. Training streams with "
+                        "random-resized-crop + flip, evaluation with resize + center crop (as in memory). cifar10 "
+                        "and digits are always in memory")
+    p.add_argument("--stream-threshold", type=float, default=2048,
+                   help="--stream auto: stream a split whose decoded uint8 copy (images × 3 × image-size²) is larger "
+                        "than this many MB")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes decoding a streamed split (default: one per CPU core, at most 8; 0 = decode in "
+                        "the main process)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -186,7 +205,8 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv
-        return {"train": cmd_train, "attack": cmd_attack, "eval": cmd_eval}[args.cmd](args)
+        with _one_line_warnings():
+            return {"train": cmd_train, "attack": cmd_attack, "eval": cmd_eval}[args.cmd](args)
     except UATError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -197,10 +217,53 @@ def main(argv=None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
-def _data(args, split, info, limit=None):
+@contextlib.contextmanager
+def _one_line_warnings():
+    """UATWarnings (a corrupt image skipped mid-stream) print as one line "warning: ..." on stderr."""
+    import warnings
+
+    from .errors import UATWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", UATWarning)
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, UATWarning):
+                print(f"warning: {message}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+        warnings.showwarning = show
+        yield
+
+
+def _check_data_args(args) -> None:
+    """The data options, before any work: the stream options, and (imagefolder) test classes the train split has."""
+    from .data import check_class_folders
+    from .stream import check_options, default_workers
+    check_options(args.stream, args.stream_threshold, args.workers, args.dataset)
+    if args.workers is None:
+        args.workers = default_workers()
+    if args.dataset.startswith("imagefolder:"):
+        check_class_folders(args.dataset)
+
+
+def _open(args, split, info, note=True):
+    """The split as a stream (files listed, not yet checked), or None when it is decoded into memory."""
+    from .stream import open_split
+    return open_split(args.dataset, split, info["shape"][1], args.stream, args.stream_threshold, args.workers,
+                      note=note and not args.quiet)
+
+
+def _data(args, split, info, limit=None, stream=False):
+    """One split: decoded into memory (``limit``: a seeded stratified subset), or, where ``--stream`` says so, a
+    FolderStream over the same subset of the files with every header checked (``stream``: an ``_open`` result
+    to reuse; False: open it here)."""
     from .data import load_dataset
-    return load_dataset(args.dataset, split, args.data_root, limit=limit, seed=args.seed,
-                        image_size=info["shape"][1], progress=not args.quiet)
+    s = _open(args, split, info) if stream is False else stream
+    if s is None:
+        return load_dataset(args.dataset, split, args.data_root, limit=limit, seed=args.seed,
+                            image_size=info["shape"][1], progress=not args.quiet)
+    return s.select(limit, args.seed).check(progress=not args.quiet)
 
 
 def _check_size(n, what):
@@ -223,7 +286,7 @@ def cmd_attack(args) -> int:
     from .checkpoint import load_checkpoint
     from .data import dataset_info
     from .device import pick_device
-    from .evaluation import evaluate
+    from .evaluation import evaluate_data
     from .export import PERTURBATION_FILES, png_bytes, save_perturbation
     from .fileio import atomic_bytes, output_set, prepare_out_dir, write_json
     from .pipeline import make_attack
@@ -265,6 +328,7 @@ def cmd_attack(args) -> int:
         IDFConfig(**cfg).validate()
     _check_size(args.attack_size, "--attack-size")
     _check_size(args.eval_size, "--eval-size")
+    _check_data_args(args)
     info = dataset_info(args.dataset, args.image_size) if not args.dataset.startswith("imagefolder:") \
         else None
     device = pick_device(args.device)
@@ -278,9 +342,13 @@ def cmd_attack(args) -> int:
     outputs = list(PERTURBATION_FILES) + ["metrics.json", "grid.png"]
     prepare_out_dir(args.out, outputs, args.force, create=False)    # refuse a clash before any work
 
-    # --- work
+    # --- work (a streamed split: its files are checked first, then only the attack set is decoded)
+    from .stream import is_stream
     train = _data(args, "train", info, limit=args.attack_size)
     test = _data(args, "test", info, limit=args.eval_size)
+    streamed = is_stream(test)
+    if is_stream(train):
+        train = train.load(progress=not args.quiet)      # the attack set: small, decoded into memory
     from .data import has_test_split
     same_images = not has_test_split(args.dataset)
     if same_images:
@@ -288,14 +356,12 @@ def cmd_attack(args) -> int:
               "below is measured on the same images the attack is built on", file=sys.stderr)
     run = make_attack(model, train, method, device, **cfg)
     res = run.run(progress=not args.quiet, desc={"idf": "iDeepFool", "strong": "strong attack"}.get(method, "Alg. 2"))
-    m = evaluate(model, test.images, test.labels, res.delta, test.num_classes, device=device,
-                 target=args.target)
     eps = args.eps / 255.0
     # the baseline every figure stands beside: the best fixed bank pattern at the same ε (chosen on the attack set)
     from .attacks.bank import baseline_of
     fixed_name, fixed = baseline_of(res, model, train.float_images(), train.labels, eps, args.norm, args.beta,
                                     args.target, args.seed, device)
-    mf = evaluate(model, test.images, test.labels, fixed, test.num_classes, device=device, target=args.target)
+    m, mf = evaluate_data(model, test, [res.delta, fixed], test.num_classes, device=device, target=args.target)
     out = Path(args.out)
     with output_set(out, outputs, args.force) as stage:   # the old set stays whole until the new one is in
         files = {k: str(out / Path(v).name) for k, v in save_perturbation(stage, res.delta, eps,
@@ -306,7 +372,7 @@ def cmd_attack(args) -> int:
                    "start": res.config.get("start", "zero"), "leaderboard": res.config.get("leaderboard"),
                    "best_fixed": {"name": fixed_name, "perturbed_top1": mf["perturbed_top1"]},
                    "beats_best_fixed": beats, "seconds": res.seconds,
-                   "steps": res.steps, "attack_size": len(train), "eval_size": len(test),
+                   "steps": res.steps, "attack_size": len(train), "eval_size": m["n"], "streamed": streamed,
                    "dataset": args.dataset, "checkpoint": str(args.checkpoint), "model": meta["arch"],
                    "test_is_attack_set": same_images, "config": res.config, "history": res.history, "files": files}
         write_json(stage / "metrics.json", metrics)
@@ -322,11 +388,13 @@ def cmd_eval(args) -> int:
     from .checkpoint import load_checkpoint
     from .data import dataset_info
     from .device import pick_device
-    from .evaluation import evaluate
+    from .evaluation import evaluate_data
     from .export import load_perturbation, png_bytes
     from .fileio import atomic_bytes, output_set, prepare_out_dir, write_json
+    from .stream import is_stream
 
     _check_size(args.eval_size, "--eval-size")
+    _check_data_args(args)
     info0 = dataset_info(args.dataset, args.image_size)
     device = pick_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, {"num_classes": info0["num_classes"], "shape": info0["shape"]},
@@ -336,13 +404,14 @@ def cmd_eval(args) -> int:
     prepare_out_dir(args.out, ["metrics.json", "grid.png"], args.force, create=False)
     test = _data(args, "test", info, limit=args.eval_size)            # a data error leaves no --out folder
     out = Path(args.out)
-    m = evaluate(model, test.images, test.labels, delta, test.num_classes, device=device)
+    m = evaluate_data(model, test, delta, test.num_classes, device=device)   # a stream: minibatch by minibatch
     eps255 = float(delta.abs().max()) * 255
     with output_set(out, ["metrics.json", "grid.png"], args.force) as stage:
         atomic_bytes(stage / "grid.png", png_bytes(_grid(model, test, delta, device)))
         write_json(stage / "metrics.json", {**m, "eps": round(eps255, 3), "dataset": args.dataset,
                                             "checkpoint": str(args.checkpoint), "perturbation": str(args.perturbation),
-                                            "model": meta["arch"], "eval_size": len(test)})
+                                            "model": meta["arch"], "eval_size": m["n"],
+                                            "streamed": is_stream(test)})
     print(f"clean top-1 {100 * m['clean_top1']:.1f}% -> perturbed top-1 {100 * m['perturbed_top1']:.1f}% "
           f"(fooling ratio {100 * m['fooling_ratio']:.1f}%, ‖δ‖∞ = {eps255:.2f}/255); wrote {out}")
     return 0
@@ -382,7 +451,8 @@ def train(argv: list[str]) -> dict:
     args = build_parser().parse_args(["train", *argv])
     args.argv = ["train", *argv]
     sink: dict = {}
-    rc = cmd_train(args, sink)
+    with _one_line_warnings():
+        rc = cmd_train(args, sink)
     if rc != 0 or "metrics" not in sink:
         raise UATError(f"training in {args.out} stopped before its end (exit {rc}); run it again with --resume")
     return sink["metrics"]
@@ -400,7 +470,7 @@ def cmd_train(args, sink: dict | None = None) -> int:
     from .checkpoint import read_checkpoint, save_checkpoint
     from .data import dataset_info
     from .device import pick_device
-    from .evaluation import evaluate
+    from .evaluation import evaluate_data
     from .fileio import atomic_write, output_set, prepare_out_dir, write_json
     from .models import arch_name, check_arch
     from .pipeline import make_trainer, meta_for, robustness_report
@@ -428,6 +498,7 @@ def cmd_train(args, sink: dict | None = None) -> int:
         raise UATError(f"--report-eps must be in (0, 255], got {report_eps}")
     _check_size(args.report_attack_size, "--report-attack-size")
     _check_size(args.report_attack_epochs, "--report-attack-epochs")
+    _check_data_args(args)
 
     out = Path(args.out)
     ckpt_path = out / "checkpoint.pt"
@@ -467,8 +538,12 @@ def cmd_train(args, sink: dict | None = None) -> int:
     rank = dist.get_rank() if distributed else 0
     ok = False
     try:
+        # a streamed split is read from disk as training goes; its files (and the test split's, so that a bad test
+        # folder stops the run now, not after training) are checked first
+        train_stream = _open(args, "train", info, note=rank == 0)
+        test_stream = _open(args, "test", info, note=rank == 0)
         # --- work: rank 0 decodes (and caches) the data first, the others then read its cache
-        if distributed:
+        if distributed and train_stream is None:
             box = [None]
             if rank == 0:
                 try:
@@ -478,12 +553,23 @@ def cmd_train(args, sink: dict | None = None) -> int:
             dist.broadcast_object_list(box, src=0)
             if box[0]:
                 raise UATError(box[0])
-        train = _data(args, "train", info)
-        if args.train_size:
-            train = train.subset(args.train_size, args.seed)
+        if train_stream is None:
+            train = _data(args, "train", info, stream=None)
+            if args.train_size:
+                train = train.subset(args.train_size, args.seed)
+        else:
+            train = _data(args, "train", info, limit=args.train_size, stream=train_stream)
+        test = None if test_stream is None else _data(args, "test", info, limit=args.eval_size, stream=test_stream)
         init = _init_weights(args, train) if args.init_weights else None
         training_meta = {**cfg.to_dict(), "dataset": args.dataset, "train_size": len(train), "world_size": world,
                          "command": "python -m uat_core " + " ".join(args.argv)}
+        if train_stream is not None:
+            training_meta["streamed"] = True
+        was_streamed = bool(obj["meta"].get("training", {}).get("streamed", False)) if obj is not None else None
+        if obj is not None and was_streamed != (train_stream is not None):
+            raise UATError(f"cannot resume: the checkpoint was trained on data "
+                           f"{'streamed from disk' if was_streamed else 'decoded into memory'} (another augmentation); "
+                           f"run with --stream {'on' if was_streamed else 'off'}")
         if init is not None:
             training_meta["init_weights"] = init["source"]
         if obj is not None and obj["meta"].get("training", {}).get("train_size", len(train)) != len(train):
@@ -537,9 +623,12 @@ def cmd_train(args, sink: dict | None = None) -> int:
                    "passes": res.passes, "train_size": len(train), "world_size": world}
         if res.rank_spread is not None:
             metrics["rank_spread"] = res.rank_spread   # max |difference| of δ and weights across processes
-        test = _data(args, "test", info, limit=args.eval_size)
-        m = evaluate(trainer.model, test.images, test.labels, None, test.num_classes, device=device)
-        metrics.update(clean_top1=m["clean_top1"], clean_top5=m["clean_top5"], eval_size=len(test))
+        if test is None:
+            test = _data(args, "test", info, limit=args.eval_size, stream=None)
+        m = evaluate_data(trainer.model, test, None, test.num_classes, device=device)
+        metrics.update(clean_top1=m["clean_top1"], clean_top5=m["clean_top5"], eval_size=m["n"])
+        if train_stream is not None or test_stream is not None:
+            metrics["streamed"] = {"train": train_stream is not None, "test": test_stream is not None}
         if not args.no_report:
             rep = robustness_report(trainer.model, train, test, report_eps, args.report_attack_size,
                                     args.report_attack_epochs, protocol.BETA, args.seed, device,

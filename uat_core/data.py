@@ -14,6 +14,11 @@ Three sources are supported:
 
 Large ImageFolder splits are cached decoded in ``~/.cache/uat_lab/decoded/`` so that the second
 load takes about a second.
+
+A split too large to hold decoded (the ImageNet training images) is read from disk as it is needed instead:
+``uat_core.stream.FolderStream`` lists the same files in the same order (``_class_files``), decodes them with
+the same ``_decode_file`` and, for evaluation, crops them with the same ``_fit``, so that a streamed split and
+its in-memory copy give the same images.
 """
 
 from __future__ import annotations
@@ -350,29 +355,63 @@ def _class_names(split_dir: Path) -> list[str]:
         raise UATError(f"cannot read {split_dir}: {exc.strerror or exc}") from exc
 
 
-def _list_images(split_dir: Path, classes: list[str]) -> tuple[list[Path], torch.Tensor]:
-    """Image files (sorted per class) and their ``(N,)`` int64 labels."""
-    files: list[Path] = []
-    labels: list[int] = []
+def _class_files(split_dir: Path, classes: list[str]) -> tuple[list[tuple[int, str, list[str]]], int]:
+    """``[(label, class folder name, sorted image file names)]`` per class folder of ``split_dir``, and how
+    many other files were passed over. The one listing of a folder: the in-memory and the streamed paths
+    both order their images by it."""
+    out = []
     skipped = 0
-    known = set(classes)
+    index = {c: i for i, c in enumerate(classes)}
     for name in _class_names(split_dir):
-        if name not in known:
+        if name not in index:
             raise UATError(f"class folder {split_dir / name} is not one of the train classes")
-        folder = split_dir / name
-        entries = [e.name for e in os.scandir(folder) if e.is_file()]
+        try:
+            entries = [e.name for e in os.scandir(split_dir / name) if e.is_file()]
+        except OSError as exc:
+            raise UATError(f"cannot read {split_dir / name}: {exc.strerror or exc}") from exc
         # macOS resource forks ("._x.jpg"), hidden files and anything without an image extension are skipped
         found = sorted(n for n in entries if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS))
         skipped += len(entries) - len(found)
-        files.extend(folder / f for f in found)
-        labels.extend([classes.index(name)] * len(found))
-    if not files:
+        out.append((index[name], name, found))
+    if not any(found for _, _, found in out):
         raise UATError(f"no images found in {split_dir}: expected {split_dir}/<class>/<image>.jpg")
+    return out, skipped
+
+
+def _skipped_note(split_dir: Path, skipped: int) -> None:
     if skipped:
         import sys
         print(f"note: skipped {skipped} file(s) in {split_dir} that are not images (hidden files, '._*' "
               f"resource forks, other extensions)", file=sys.stderr)
+
+
+def _list_images(split_dir: Path, classes: list[str]) -> tuple[list[Path], torch.Tensor]:
+    """Image files (sorted per class) and their ``(N,)`` int64 labels."""
+    per_class, skipped = _class_files(split_dir, classes)
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, name, found in per_class:
+        files.extend(split_dir / name / f for f in found)
+        labels.extend([label] * len(found))
+    _skipped_note(split_dir, skipped)
     return files, torch.tensor(labels, dtype=torch.int64)
+
+
+def check_class_folders(name: str) -> None:
+    """For ``imagefolder:<path>`` with train and test (val) folders: a one-line UATError when the test split has
+    a class folder the train split lacks (its labels would mean nothing). Reads folder names only, so that
+    commands can refuse such a tree before any work; other datasets pass."""
+    if not name.startswith("imagefolder:"):
+        return
+    path = _imagefolder_path(name)
+    train_dir, test_dir = _imagefolder_split_dir(path, "train"), _imagefolder_split_dir(path, "test")
+    if train_dir == test_dir:
+        return
+    known = set(_class_names(train_dir))
+    extra = [c for c in _class_names(test_dir) if c not in known]
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise UATError(f"class folder {test_dir / extra[0]} is not one of the train classes{more}")
 
 
 def _decode_file(path: Path) -> torch.Tensor:
@@ -393,6 +432,11 @@ def _decode_file(path: Path) -> torch.Tensor:
         raise UATError(f"image {path} is {w}×{h} pixels, above the {MAX_PIXELS // 10 ** 6} M pixel limit "
                        "(a decompression bomb, or far larger than a classifier needs)")
     try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n":
+            # torchvision 0.29's PNG decoder ends the whole process (a segmentation fault after "libpng error")
+            # on a PNG with damaged image data; PIL raises an exception instead, and PNG is lossless: the same
+            # pixels (16-bit RGB aside, which PIL reads by its high byte: at most 1 level apart)
+            raise ValueError("PNG: decoded by PIL below")
         from torchvision.io import ImageReadMode, decode_image
 
         with warnings.catch_warnings():

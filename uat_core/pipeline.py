@@ -9,7 +9,7 @@ from .attacks import AttackConfig, IDeepFool, IDFConfig, StrongConfig, StrongUni
 from . import protocol
 from .checkpoint import model_meta
 from .data import ImageData
-from .evaluation import evaluate
+from .evaluation import evaluate_data
 from .models import build_model
 from .training import TrainConfig, Trainer
 
@@ -36,11 +36,12 @@ def make_attack(model, attack_set: ImageData, method: str = "alg2", device=None,
     return UniversalAttack(model, x, y, AttackConfig(**cfg), device=device)
 
 
-def robustness_report(model, train: ImageData, test: ImageData, eps: float = 8.0, attack_size: int = 2000,
+def robustness_report(model, train, test, eps: float = 8.0, attack_size: int = 2000,
                       epochs: int = protocol.EPOCHS, beta: float = protocol.BETA, seed: int = protocol.SEED,
                       device=None, progress=False, attack: str = "strong") -> dict:
     """A fresh universal attack built from scratch against the trained model on ``attack_size`` training
-    images, then clean and robust accuracy on ``test``, with the best fixed bank pattern beside it.
+    images, then clean and robust accuracy on ``test``, with the best fixed bank pattern beside it. ``train`` and
+    ``test``: ImageData or FolderStream (the attack images are then decoded, the test split streamed).
 
     ``attack``: "strong" (the default: the multi-start search, attacks/strong.py) or "alg2" (the paper's
     protocol, Alg. 2 from δ = 0; its baseline pattern is then screened separately)."""
@@ -51,8 +52,7 @@ def robustness_report(model, train: ImageData, test: ImageData, eps: float = 8.0
     res = run.run(progress=progress, desc=f"robustness attack ({attack})")
     fixed_name, fixed = baseline_of(res, model, sub.float_images(), sub.labels, eps / 255.0, beta=beta, seed=seed,
                                     device=device)
-    m = evaluate(model, test.images, test.labels, res.delta, test.num_classes, device=device)
-    mf = evaluate(model, test.images, test.labels, fixed, test.num_classes, device=device)
+    m, mf = evaluate_data(model, test, [res.delta, fixed], test.num_classes, device=device)
     return {"clean_top1": m["clean_top1"], "robust_top1": m["perturbed_top1"], "clean_top5": m["clean_top5"],
             "robust_top5": m["perturbed_top5"], "fooling_ratio": m["fooling_ratio"],
             "fixed_top1": mf["perturbed_top1"], "fixed_pattern": fixed_name,

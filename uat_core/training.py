@@ -40,6 +40,14 @@ step (augmentation, random starts) comes from a generator seeded by (seed, epoch
 DistributedDataParallel (gloo on CPU, NCCL on GPUs): global batch i is ``order[i·B·W:(i+1)·B·W]`` of the
 epoch's permutation and rank r takes the r-th block of B, so a one-process run with batch B·W sees the
 same global batches; the δ gradient is all-reduced so every rank holds the same δ; only rank 0 writes.
+
+``train`` is an in-memory ``ImageData`` (minibatches indexed out of its uint8 tensor, augmented on the device
+by a random crop after 4-pixel padding and a flip) or a ``stream.FolderStream`` (a folder too large to decode
+whole): the same permutation and the same blocks of it, but each minibatch is decoded from disk by the
+stream's worker processes a few steps ahead, augmented there by a random-resized-crop and a flip (the
+evaluation view without ``augment``), with the draws of image i seeded by (seed, epoch, i). A streamed run
+resumes exactly as well: the minibatches before the saved step are skipped without decoding. An image that
+does not decode is left out of its minibatch with a warning (a minibatch left empty stops the run).
 """
 from __future__ import annotations
 
@@ -85,7 +93,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0   # ε_ls of the weights' cross-entropy (Szegedy et al. 2016); 0 = none
     schedule: str = "step"         # step (÷10 at 50% and 75%) | onecycle | cosine | constant
-    augment: bool = True           # random crop (pad 4) + horizontal flip
+    augment: bool = True           # random crop (pad 4) + horizontal flip (streamed data: random-resized-crop + flip)
     flip: bool = True              # horizontal flip as part of augment (off for digits)
     eps: float = 8.0               # ε of δ (uat/lowcost) or of per-instance attacks, 0-255 units
     delta_rule: str = "fgsm"       # fgsm | sgd | adam: the update of the universal δ
@@ -192,7 +200,8 @@ def _acc(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 class Trainer(Run):
-    """Train ``model`` (a Normalized classifier) on ``train`` (an ImageData) with ``config``.
+    """Train ``model`` (a Normalized classifier) on ``train`` (an ImageData, or a FolderStream read from disk)
+    with ``config``.
 
     History rows: ``step, epoch, lr, loss, acc`` (the training forward's loss and minibatch accuracy);
     for uat/lowcost also ``delta_norm`` (‖δ‖∞, 0-255 units), ``acc_before`` (minibatch accuracy with δ
@@ -221,6 +230,8 @@ class Trainer(Run):
                            + "): lower --batch-size")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.data = train
+        from .stream import is_stream
+        self.streamed = is_stream(train)             # minibatches decoded from disk (_stream_batches)
         self.model = model.to(self.device)
         if self.cfg.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -603,6 +614,31 @@ class Trainer(Run):
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y, gen
 
+    def _stream_batches(self, order, epoch: int, first: int):
+        """Steps ``first`` … of an epoch over a stream: this rank's block of each global batch (the blocks
+        ``_batch`` takes), decoded by the stream's workers; yields what ``_batch`` returns."""
+        B, c = self.cfg.batch_size, self.cfg
+        keys = []
+        for i in range(first, self.steps_per_epoch):
+            start = i * B * self.world + self.rank * B
+            idx = order[start:start + B].tolist()
+            # augmentation: image j's own draws (seed, epoch, j), whatever worker decodes it
+            keys.append([(j, _step_seed(c.seed, epoch, j, 30_011), c.flip) for j in idx] if c.augment else idx)
+        feed = self.data.iterate(keys, pin=self.device.type == "cuda")
+        try:
+            for i, (x, y) in zip(range(first, self.steps_per_epoch), feed):
+                if not len(y):
+                    raise UATError(f"none of the {len(keys[i - first])} images of training step {self.step_i + 1} "
+                                   f"could be decoded (see the warnings): is {self.data.root} damaged?")
+                gen = torch.Generator().manual_seed(_step_seed(c.seed, epoch, i, self.rank))
+                x = x.to(self.device, non_blocking=True).float().div_(255)          # (b,C,H,W)
+                y = y.to(self.device, non_blocking=True)
+                if c.channels_last and self.device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                yield x, y, gen
+        finally:
+            feed.close()                          # stops the decoding processes (a stop mid-epoch)
+
     def _agree_to_stop(self) -> bool:
         """Under torchrun every rank stops at the same step once any of them was asked to."""
         if self.world > 1:
@@ -670,8 +706,10 @@ class Trainer(Run):
         for epoch in range(start_epoch, c.epochs):
             t0 = time.perf_counter()               # self.seconds counts only time spent in here, not paused
             order = self._order(epoch)
-            for i in range(skip if epoch == start_epoch else 0, spe):
-                x, y, gen = self._batch(order, epoch, i)
+            first = skip if epoch == start_epoch else 0
+            feed = self._stream_batches(order, epoch, first) if self.streamed else None
+            for i in range(first, spe):
+                x, y, gen = next(feed) if feed is not None else self._batch(order, epoch, i)
                 track = c.algorithm in UNIVERSAL and c.track_every > 0 and (self.step_i + 1) % c.track_every == 0
                 failed = None
                 try:
@@ -695,6 +733,8 @@ class Trainer(Run):
                 t0 = time.perf_counter()
                 if self._agree_to_stop():
                     break
+            if feed is not None:
+                feed.close()
             self.seconds += time.perf_counter() - t0
             self.epoch_i = self.step_i // spe
             if self.epoch_i > epoch:                  # the epoch is complete

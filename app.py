@@ -39,7 +39,7 @@ st.set_page_config(page_title="UAT Lab", page_icon=":material/shield:", layout="
                    menu_items={"About": "UAT Lab — universal perturbations and universal adversarial training "
                                         "(Shafahi et al., AAAI 2020, arXiv:1811.11304)."})
 
-from webapp import live, state  # noqa: E402
+from webapp import cifar, live, state  # noqa: E402
 
 # slot -> (file, title, url, icon). The URL is the file's stem: before the first script run Streamlit
 # resolves a deep link against the files in pages/, and only then st.navigation takes over.
@@ -85,10 +85,9 @@ with st.sidebar:
     st.selectbox("Dataset", options, index=options.index(default) if default in options else 0,
                  key="dataset", bind="query-params", persist_state="session", on_change=_reset_page_settings,
                  help="digits: scikit-learn's 8×8 digits upscaled to 1×32×32 (offline). cifar10: 3×32×32, appears "
-                      "when its data is on this machine (UAT_DATA or --data-root). A link with ?dataset=digits or "
-                      "?dataset=cifar10 opens that dataset.")
-    if "cifar10" not in options:
-        st.caption("CIFAR-10 not found: digits only. Set `UAT_DATA` to a CIFAR-10 copy to add it.")
+                      "when its data is on this machine (UAT_DATA, --data-root, or the Download button below). "
+                      "A link with ?dataset=digits or ?dataset=cifar10 opens that dataset.")
+    cifar.offer(options)        # without CIFAR-10: its download button and progress bar
 
 current = next((slot for slot, (f, title, url, icon) in PAGES.items() if nav.url_path == url), "home")
 live.background(current, {slot: p[1] for slot, p in PAGES.items()})

@@ -72,9 +72,9 @@ with c1:
                    f"(1,297 training and 500 test images), the offline fallback{why}. "
                    f"Budgets use ε = 32/255 here. {D['why_eps']}", icon=":material/draw:")
         if src is None:
-            st.caption("CIFAR-10 is not on this machine: set `UAT_DATA` to a CIFAR-10 folder (ImageFolder with "
-                       "train/ and test/, or a torchvision root) or start with `streamlit run app.py -- "
-                       "--data-root DIR`.")
+            st.caption("CIFAR-10 is not on this machine: press **Download CIFAR-10** in the sidebar, set "
+                       "`UAT_DATA` to a CIFAR-10 folder (ImageFolder with train/ and test/, or a torchvision root) "
+                       "or start with `streamlit run app.py -- --data-root DIR`.")
 with c2:
     st.subheader(f"Models in use ({ds} zoo)")
     if zoo:

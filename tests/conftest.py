@@ -102,3 +102,32 @@ def files_under(folder: Path) -> list[str]:
     if not folder.exists():
         return []
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def fake_cifar10_archive(folder: Path, per_batch: int = 2) -> tuple[Path, dict[str, str], dict[str, torch.Tensor]]:
+    """A tiny stand-in for torchvision's ``cifar-10-python.tar.gz`` (no network in the tests): the same layout,
+    ``cifar-10-batches-py/`` with the five training batches, the test batch and ``batches.meta``, pickled as
+    torchvision reads them, ``per_batch`` images each. Returns (the archive, {file name: MD5} of the files in it,
+    {"train"|"test": the (N, 3, 32, 32) uint8 images they hold})."""
+    import hashlib
+    import pickle
+    import tarfile
+
+    import numpy as np
+
+    src = Path(folder) / "fake-cifar" / "cifar-10-batches-py"
+    src.mkdir(parents=True)
+    images: dict[str, list] = {"train": [], "test": []}
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for b, name in enumerate(names):
+        data = np.random.default_rng(b).integers(0, 256, (per_batch, 3072), dtype=np.uint8)   # (N, 3*32*32)
+        labels = [(b + i) % 10 for i in range(per_batch)]
+        (src / name).write_bytes(pickle.dumps({"batch_label": name, "data": data, "labels": labels}))
+        images["test" if name == "test_batch" else "train"].append(torch.from_numpy(data).reshape(-1, 3, 32, 32))
+    (src / "batches.meta").write_bytes(pickle.dumps({"label_names": ["airplane", "automobile", "bird", "cat", "deer",
+                                                                     "dog", "frog", "horse", "ship", "truck"]}))
+    md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in src.iterdir()}
+    archive = Path(folder) / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="cifar-10-batches-py")
+    return archive, md5, {k: torch.cat(v) for k, v in images.items()}

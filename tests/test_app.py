@@ -13,6 +13,7 @@ import io
 import json
 import math
 import pickle
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -762,3 +763,119 @@ def test_vulnerability_page_draws_the_study_and_says_the_side_by_side_needs_cifa
     else:
         assert any("No study rows" in i.value for i in at.info)
     assert any("CIFAR-10 classifiers" in i.value for i in at.info)
+
+
+# ---- getting CIFAR-10 from the sidebar -----------------------------------------------------------------
+
+def _dataset_sidebar():
+    """app.py's dataset box and what sits under it, as a script of its own: AppTest reruns a multipage app's
+    page without app.py (webapp/boot.py says why), so a click in app.py's own sidebar is tested here."""
+    import streamlit as st
+
+    from webapp import cifar, state
+    with st.sidebar:
+        options = state.available_datasets()
+        st.selectbox("Dataset", options, key="dataset")
+        cifar.offer(options)
+
+
+def _press_download(at: AppTest, until, click: bool = True) -> AppTest:
+    """Press the download button, then rerun until ``until(at)`` (a download in a thread ends a little later)."""
+    if click:
+        at.button(key="cifar10_download").click().run()
+    for _ in range(200):
+        if until(at) or at.exception:
+            break
+        time.sleep(0.05)
+        at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_home_sidebar_offers_the_cifar10_download_with_its_size_without_cifar10():
+    at = open_page("home")
+    no_errors(at)
+    button = at.sidebar.button(key="cifar10_download")
+    assert button.label == "Download CIFAR-10 (170 MB)"
+    assert "170,498,071 bytes" in button.help and "163 MiB" in button.help
+    assert any("digits only" in c.value for c in at.sidebar.caption)
+    assert any("Download CIFAR-10" in c.value for c in at.main.caption)       # the home page points to it
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["in-the-run", "in-a-thread"])
+def test_the_download_button_without_a_network_says_so_in_one_line(sync, tmp_path, monkeypatch):
+    import socket
+    import urllib.error
+
+    from uat_core import download as D
+
+    def offline(url, timeout):                  # what urllib raises on a machine without a network
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(D, "_open_url", offline)
+    at = AppTest.from_function(_dataset_sidebar, default_timeout=60)
+    at.session_state["_uat_sync"] = sync
+    at.run()
+    _press_download(at, lambda at: len(at.error) > 0)
+    assert len(at.error) == 1, [e.value for e in at.error]
+    msg = at.error[0].value
+    assert msg == ("cannot download CIFAR-10 from www.cs.toronto.edu (Name or service not known): check the network "
+                   "connection, or set UAT_DATA to a CIFAR-10 copy"), msg
+    assert "\n" not in msg and "Traceback" not in msg
+    assert at.selectbox(key="dataset").options == ["digits"]
+    assert at.button(key="cifar10_download").label == "Download CIFAR-10 (170 MB)"      # offered again
+    assert not (tmp_path / "cache" / "uat_lab" / "cifar10").exists()
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["in-the-run", "in-a-thread"])
+def test_a_download_from_the_sidebar_makes_cifar10_selectable(sync, tmp_path, monkeypatch):
+    """A (faked: a tiny archive through file://) download fills the bar and puts cifar10 in the dataset box, in
+    the folder the command line uses, without a restart."""
+    from conftest import fake_cifar10_archive
+    from uat_core import download as D
+    from webapp import cifar
+    from webapp.state import available_datasets
+
+    archive, md5, _ = fake_cifar10_archive(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(D, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(D, "CIFAR10_MD5", D._md5(archive))
+    monkeypatch.setattr(D, "CHUNK_BYTES", 4096)
+    bar: list[float] = []
+    original = cifar.Download.progress
+
+    def spy(self, done, total):
+        original(self, done, total)
+        bar.append(self.fraction())
+    monkeypatch.setattr(cifar.Download, "progress", spy)
+
+    gate = threading.Event()                    # in a thread: the first bytes wait until the bar has been seen
+    if not sync:
+        fetch = D._open_url
+
+        def gated(url, timeout):
+            response = fetch(url, timeout)
+            read = response.read
+
+            def slow_read(n=-1):
+                assert gate.wait(30)
+                return read(n)
+            response.read = slow_read
+            return response
+        monkeypatch.setattr(D, "_open_url", gated)
+
+    at = AppTest.from_function(_dataset_sidebar, default_timeout=60)
+    at.session_state["_uat_sync"] = sync
+    at.run()
+    assert at.selectbox(key="dataset").options == ["digits"]
+    if not sync:
+        at.button(key="cifar10_download").click().run()
+        assert any("download goes on" in c.value for c in at.sidebar.caption), "no live bar"
+        assert not at.button                    # no second download while one runs
+        gate.set()
+    _press_download(at, lambda at: len(at.success) > 0 or len(at.error) > 0, click=sync)
+    assert not at.error, [e.value for e in at.error]
+    assert bar[0] == 0.0 and bar[-1] == 1.0 and len(bar) > 3 and bar == sorted(bar)
+    assert at.selectbox(key="dataset").options == ["cifar10", "digits"] == available_datasets()
+    assert "choose **cifar10**" in at.success[0].value and not at.button
+    assert (tmp_path / "cache" / "uat_lab" / "cifar10" / "cifar-10-batches-py" / "test_batch").is_file()

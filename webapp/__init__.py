@@ -10,6 +10,7 @@
     ui           Streamlit: small shared drawing helpers (metrics, δ pictures, downloads)
     page         Streamlit: the opening every page shares (data, title, sidebar, model, keys, Run)
     boot         Streamlit: every page runs inside app.py's navigation, even as a fresh server's first URL
+    cifar        Streamlit: the sidebar's CIFAR-10 download button and bar (uat_core.download does the work)
 
 Run the demonstrator with ``streamlit run app.py`` (add ``-- --data-root DIR`` or set ``UAT_DATA`` for
 CIFAR-10); regenerate the shipped default results with ``python -m webapp.precompute --dataset digits``.

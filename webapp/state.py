@@ -22,6 +22,7 @@ import torch
 
 from uat_core.data import ImageData, load_dataset, resolve_data_root
 from uat_core.device import pick_device
+from uat_core.download import cifar10_downloaded, cifar10_root
 from uat_core.errors import UATError
 from uat_core.zoo import ZOO_DIR, list_models
 
@@ -33,18 +34,16 @@ MAX_UPLOAD_MB = 50          # also server.maxUploadSize in .streamlit/config.tom
 
 # ---- data --------------------------------------------------------------------------------------------
 
-def _torchvision_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "uat_lab" / "cifar10"
-
-
 def cifar_source() -> str | None:
-    """Where CIFAR-10 would come from (a sentence), or None when it is not on this machine."""
+    """Where CIFAR-10 would come from (a sentence), or None when it is not on this machine.
+
+    Not cached: it looks at the disk on every script run, so CIFAR-10 downloaded by the sidebar's button
+    (``webapp.cifar``) or by the command line is offered from the next run on, without a restart."""
     root = resolve_data_root(None)
     if root and Path(root).expanduser().is_dir():
         return f"the CIFAR-10 copy at `{root}` (from `UAT_DATA` / `--data-root`)"
-    if (_torchvision_cache() / "cifar-10-batches-py").is_dir():
-        return f"CIFAR-10 downloaded by torchvision to `{_torchvision_cache()}`"
+    if cifar10_downloaded():
+        return f"the CIFAR-10 download in `{cifar10_root()}`"
     return None
 
 

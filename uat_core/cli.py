@@ -6,6 +6,11 @@ what is skipped without stopping the work (a corrupt image met mid-stream) print
 ``imagefolder:`` splits too large to decode into memory are streamed from disk (``--stream``, ``stream.py``):
 ``attack`` decodes only its stratified attack set, ``eval`` and ``train`` stream the whole split (and the
 training set) through worker processes; every file's header is checked before any work.
+
+Under ``torchrun --nproc_per_node=N -m uat_core train|attack|eval ...`` the N processes share the work
+(``distributed.py``): train with DistributedDataParallel, attack (Alg. 2; ``--strong`` and ``--method idf``
+refuse torchrun) with the δ gradient summed across processes every step, eval with each process scoring its
+shard of the test images and the counts summed; only rank 0 writes.
 """
 from __future__ import annotations
 
@@ -150,8 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("attack", help="build a universal perturbation against a model (Alg. 2 or iDeepFool)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _common(a, "folder for perturbation.{pt,npy,png,gif}, grid.png and metrics.json")
-    a.add_argument("--checkpoint", required=True, help="a model.pt written by 'train' (or a zoo model)")
-    a.add_argument("--method", default="alg2", help="alg2 (the paper's SGD attack) | idf (iDeepFool, Alg. 1)")
+    a.add_argument("--checkpoint", required=True,
+                   help="a model.pt written by 'train' (or a zoo model), or torchvision:<name> (e.g. "
+                        "torchvision:vgg16): that torchvision classifier with its published ImageNet weights "
+                        "(downloaded once into torch's cache; the data must have the 1000 ImageNet class folders, "
+                        "whose sorted order is torchvision's class order)")
+    a.add_argument("--method", default="alg2",
+                   help="alg2 (the paper's SGD attack) | idf (iDeepFool, Alg. 1; one process only: refused under "
+                        "torchrun)")
     a.add_argument("--eps", type=float, default=8.0, help="‖δ‖ bound in 0-255 units (ℓ∞; ℓ2 radius for --norm l2)")
     a.add_argument("--beta", type=_beta, default=9.0, help="clip of the per-image cross-entropy; 'inf' = none")
     a.add_argument("--optimizer", default="pgd", help="sgd | msgd | pgd (sign gradient) | adam")
@@ -160,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="τ in 0-255 units (default: pgd and adam ε/10, msgd 25·ε, sgd 250·ε per unit gradient)")
     a.add_argument("--step-decay", type=float, default=1.0, help="τ is multiplied by this after every epoch")
     a.add_argument("--epochs", type=int, default=10, help="passes over the attack set (idf: cap on passes)")
-    a.add_argument("--batch-size", type=int, default=128, help="attack minibatch size")
+    a.add_argument("--batch-size", type=int, default=128,
+                   help="attack minibatch size (per process: under torchrun --nproc_per_node=N the minibatch "
+                        "is N times this, each process taking one block of it)")
     a.add_argument("--attack-size", type=int, default=2000, help="training images the attack is built on")
     a.add_argument("--target", type=int, default=None, help="targeted attack: class index every image is pushed to")
     a.add_argument("--snapshot-every", type=int, default=10, help="δ snapshot every k steps (for the GIF)")
@@ -170,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "starts on probe images of the attack set, refine Alg. 2 (cosine-decayed steps from ε/4) from "
                         "the best --top-k starts and from δ = 0, keep only the leaders (successive halving) and return "
                         "the δ with the highest objective on the attack set; costs about 3x plain Alg. 2 with the "
-                        "same --epochs. Without it: the paper's Alg. 2 from δ = 0")
+                        "same --epochs; one process only (refused under torchrun). Without it: the paper's Alg. 2 "
+                        "from δ = 0")
     a.add_argument("--init", default=None,
                    help="--strong: where the starts come from, comma-separated from bank, random, zero "
                         "(default bank,random,zero)")
@@ -185,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate any saved δ on any model (transfer)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _common(e, "folder for metrics.json and grid.png")
-    e.add_argument("--checkpoint", required=True, help="model.pt to evaluate")
+    e.add_argument("--checkpoint", required=True,
+                   help="model.pt to evaluate, or torchvision:<name> (published ImageNet weights, as for attack)")
     e.add_argument("--perturbation", required=True, help="a perturbation.pt or .npy (C×H×W, pixel units)")
     sub.add_parser("zoo", add_help=False,
                    help="the model zoo: build, report, reattack, refresh, list (uat zoo --help)")
@@ -208,7 +223,9 @@ def main(argv=None) -> int:
         with _one_line_warnings():
             return {"train": cmd_train, "attack": cmd_attack, "eval": cmd_eval}[args.cmd](args)
     except UATError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from .distributed import speaks
+        if speaks():                     # under torchrun: rank 0's line, or each rank's once they run together
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:            # attack / eval (train saves a checkpoint itself): files are atomic
         print("\ninterrupted: nothing was half-written (every output is written whole or not at all)",
@@ -254,16 +271,82 @@ def _open(args, split, info, note=True):
                       note=note and not args.quiet)
 
 
-def _data(args, split, info, limit=None, stream=False):
+def _data(args, split, info, limit=None, stream=False, group=None):
     """One split: decoded into memory (``limit``: a seeded stratified subset), or, where ``--stream`` says so, a
     FolderStream over the same subset of the files with every header checked (``stream``: an ``_open`` result
-    to reuse; False: open it here)."""
+    to reuse; False: open it here). Under torchrun (``group``) rank 0 decodes (and caches) an in-memory split
+    first and the others then read its cache; a stream's headers are checked in shards, one a rank, and a
+    problem any rank finds stops every rank with its line."""
     from .data import load_dataset
-    s = _open(args, split, info) if stream is False else stream
+    s = _open(args, split, info, note=group is None or group.rank == 0) if stream is False else stream
     if s is None:
-        return load_dataset(args.dataset, split, args.data_root, limit=limit, seed=args.seed,
-                            image_size=info["shape"][1], progress=not args.quiet)
-    return s.select(limit, args.seed).check(progress=not args.quiet)
+        def load():
+            return load_dataset(args.dataset, split, args.data_root, limit=limit, seed=args.seed,
+                                image_size=info["shape"][1], progress=not args.quiet and (group is None
+                                                                                         or group.rank == 0))
+        return load() if group is None else group.first(load)
+    s = s.select(limit, args.seed)
+    if group is None:
+        return s.check(progress=not args.quiet)
+    err = None
+    try:
+        s.part(*group.span(len(s))).check(progress=not args.quiet and group.rank == 0)
+    except UATError as e:
+        err = str(e)
+    group.agree(err)
+    return s
+
+
+def _split_len(args, split, info, stream, limit=None) -> int:
+    """The number of images a command takes from a split (``limit``: at most this many), from the file list
+    or the dataset's known size: nothing is decoded."""
+    from .data import DIGITS_TRAIN
+    if stream is not None:
+        n = len(stream)
+    elif args.dataset.startswith("imagefolder:"):
+        from .stream import FolderStream
+        n = len(FolderStream.open(args.dataset, split, info["shape"][1]))
+    else:
+        n = {("digits", "train"): DIGITS_TRAIN, ("digits", "test"): 1797 - DIGITS_TRAIN,
+             ("cifar10", "train"): 50_000, ("cifar10", "test"): 10_000}[args.dataset, split]
+    return n if limit is None else min(n, limit)
+
+
+def _decode_attack_set(stream, group, progress):
+    """The (small) attack set of a streamed split decoded into an ImageData; under torchrun each rank decodes
+    a contiguous shard of its files and the shards are gathered, so every rank holds the same images in the
+    same order as one process would."""
+    if group is None:
+        return stream.load(progress=progress)
+    from .data import ImageData
+    part, err = None, None
+    try:
+        part = stream.part(*group.span(len(stream))).load(progress=progress and group.rank == 0)
+    except UATError as e:
+        err = str(e)
+    group.agree(err)
+    images, labels = group.gather_rows(part.images), group.gather_rows(part.labels)
+    S = stream.image_size
+    return ImageData(images, labels, part.classes, part.name, part.split,
+                     f"Image folder {stream.root}: {len(labels)} images read from disk, resized and center-cropped "
+                     f"to {S}x{S}", part.mean, part.std)
+
+
+def _load_model(args, info, device):
+    """(model in eval mode, meta) of --checkpoint: a model.pt, or ``torchvision:<name>``, torchvision's published
+    ImageNet weights of that classifier (``info``: the dataset's, which must have the 1000 ImageNet classes)."""
+    from .checkpoint import load_checkpoint
+    ck = str(args.checkpoint)
+    if ck.startswith("torchvision:") and not Path(ck).exists():
+        from .checkpoint import model_meta
+        from .data import IMAGENET_MEAN, IMAGENET_STD
+        from .models import build_model, check_arch
+        check_arch(ck)
+        model = build_model(ck, info["num_classes"], info["shape"][0], IMAGENET_MEAN, IMAGENET_STD, pretrained=True)
+        meta = model_meta(ck, "imagenet", info["classes"], info["shape"][0], info["shape"][1], IMAGENET_MEAN,
+                          IMAGENET_STD, training={"weights": "torchvision's published ImageNet weights (DEFAULT)"})
+        return model.to(device).eval(), meta
+    return load_checkpoint(ck, {"num_classes": info["num_classes"], "shape": info["shape"]}, device)
 
 
 def _check_size(n, what):
@@ -282,16 +365,14 @@ def _grid(model, test, delta, device, n=16):
 
 
 def cmd_attack(args) -> int:
+    from . import distributed
     from .attacks import OPTIMIZERS, AttackConfig, IDFConfig
-    from .checkpoint import load_checkpoint
-    from .data import dataset_info
-    from .device import pick_device
     from .evaluation import evaluate_data
     from .export import PERTURBATION_FILES, png_bytes, save_perturbation
     from .fileio import atomic_bytes, output_set, prepare_out_dir, write_json
     from .pipeline import make_attack
 
-    # --- validate everything before any work
+    # --- validate everything before any work (every process under torchrun: the same checks)
     if args.method not in ("alg2", "idf"):
         raise UATError(f"unknown method '{args.method}': choose alg2 or idf")
     strong_flags = {k: getattr(args, k) for k in ("init", "restarts", "top_k", "rounds", "probe")
@@ -305,6 +386,10 @@ def cmd_attack(args) -> int:
     if args.method == "idf" and args.target is not None:
         raise UATError("--target needs --method alg2: iDeepFool (Alg. 1) is untargeted")
     method = "strong" if args.strong else args.method
+    world = distributed.world_size()
+    if world > 1 and method != "alg2":
+        raise UATError(f"{'--strong' if args.strong else '--method idf'} runs in one process only: run it without "
+                       "torchrun (under torchrun, attack shares Alg. 2, the default method, among the processes)")
     if args.strong:
         from .attacks import StrongConfig
         if args.step_decay != 1.0:
@@ -329,65 +414,91 @@ def cmd_attack(args) -> int:
     _check_size(args.attack_size, "--attack-size")
     _check_size(args.eval_size, "--eval-size")
     _check_data_args(args)
-    info = dataset_info(args.dataset, args.image_size) if not args.dataset.startswith("imagefolder:") \
-        else None
-    device = pick_device(args.device)
-    expect = {"num_classes": info["num_classes"], "shape": info["shape"]} if info else None
-    model, meta = load_checkpoint(args.checkpoint, expect, device)
-    if info is None:
-        info = dataset_info(args.dataset, meta["image_size"])
-        load_checkpoint(args.checkpoint, {"num_classes": info["num_classes"], "shape": info["shape"]})
+    device = distributed.device_for(args.device)
+    info, model, meta = _model_and_info(args, device)
     if args.target is not None and not (0 <= args.target < info["num_classes"]):
         raise UATError(f"--target must be a class index in [0, {info['num_classes'] - 1}]")
     outputs = list(PERTURBATION_FILES) + ["metrics.json", "grid.png"]
     prepare_out_dir(args.out, outputs, args.force, create=False)    # refuse a clash before any work
+    lead = distributed.env_rank() == 0                              # rank 0 alone prints and writes
+    train_s = _open(args, "train", info, note=lead)                 # the files listed, nothing decoded
+    test_s = _open(args, "test", info, note=lead)
+    if world > 1:
+        distributed.check_shards(world, "attack images", _split_len(args, "train", info, train_s, args.attack_size))
+        distributed.check_shards(world, "test images", _split_len(args, "test", info, test_s, args.eval_size))
 
     # --- work (a streamed split: its files are checked first, then only the attack set is decoded)
     from .stream import is_stream
-    train = _data(args, "train", info, limit=args.attack_size)
-    test = _data(args, "test", info, limit=args.eval_size)
-    streamed = is_stream(test)
-    if is_stream(train):
-        train = train.load(progress=not args.quiet)      # the attack set: small, decoded into memory
-    from .data import has_test_split
-    same_images = not has_test_split(args.dataset)
-    if same_images:
-        print(f"note: {args.dataset[12:]} has no separate train and test (or val) folders: the test accuracy "
-              "below is measured on the same images the attack is built on", file=sys.stderr)
-    run = make_attack(model, train, method, device, **cfg)
-    res = run.run(progress=not args.quiet, desc={"idf": "iDeepFool", "strong": "strong attack"}.get(method, "Alg. 2"))
-    eps = args.eps / 255.0
-    # the baseline every figure stands beside: the best fixed bank pattern at the same ε (chosen on the attack set)
-    from .attacks.bank import baseline_of
-    fixed_name, fixed = baseline_of(res, model, train.float_images(), train.labels, eps, args.norm, args.beta,
-                                    args.target, args.seed, device)
-    m, mf = evaluate_data(model, test, [res.delta, fixed], test.num_classes, device=device, target=args.target)
-    out = Path(args.out)
-    with output_set(out, outputs, args.force) as stage:   # the old set stays whole until the new one is in
-        files = {k: str(out / Path(v).name) for k, v in save_perturbation(stage, res.delta, eps,
-                                                                        res.snapshots).items()}
-        atomic_bytes(stage / "grid.png", png_bytes(_grid(model, test, res.delta, device)))
-        beats = m["perturbed_top1"] < mf["perturbed_top1"]
-        metrics = {**m, "eps": args.eps, "beta": args.beta, "method": args.method, "attack": method,
-                   "start": res.config.get("start", "zero"), "leaderboard": res.config.get("leaderboard"),
-                   "best_fixed": {"name": fixed_name, "perturbed_top1": mf["perturbed_top1"]},
-                   "beats_best_fixed": beats, "seconds": res.seconds,
-                   "steps": res.steps, "attack_size": len(train), "eval_size": m["n"], "streamed": streamed,
-                   "dataset": args.dataset, "checkpoint": str(args.checkpoint), "model": meta["arch"],
-                   "test_is_attack_set": same_images, "config": res.config, "history": res.history, "files": files}
-        write_json(stage / "metrics.json", metrics)
-    print(f"clean top-1 {100 * m['clean_top1']:.1f}% -> perturbed top-1 {100 * m['perturbed_top1']:.1f}% "
-          f"(fooling ratio {100 * m['fooling_ratio']:.1f}%, ε = {args.eps:g}/255, {res.seconds:.1f} s, "
-          f"{method}{', start ' + res.config['start'] if method == 'strong' else ''}); best fixed pattern "
-          f"({fixed_name}) {100 * mf['perturbed_top1']:.1f}%"
-          f"{'' if beats else ' -- the attack does NOT beat it'}; wrote {out}")
-    return 0
+    group = distributed.start(device)
+    together = False
+    try:
+        train = _data(args, "train", info, limit=args.attack_size, stream=train_s, group=group)
+        test = _data(args, "test", info, limit=args.eval_size, stream=test_s, group=group)
+        streamed = is_stream(test)
+        if is_stream(train):                  # the attack set: small, decoded into memory (in shards under torchrun)
+            train = _decode_attack_set(train, group, progress=not args.quiet)
+        from .data import has_test_split
+        same_images = not has_test_split(args.dataset)
+        if same_images and lead:
+            print(f"note: {args.dataset[12:]} has no separate train and test (or val) folders: the test accuracy "
+                  "below is measured on the same images the attack is built on", file=sys.stderr)
+        run = make_attack(model, train, method, device, group=group, **cfg)
+        res = run.run(progress=not args.quiet and lead,
+                      desc={"idf": "iDeepFool", "strong": "strong attack"}.get(method, "Alg. 2"))
+        eps = args.eps / 255.0
+        # the baseline every figure stands beside: the best fixed bank pattern at the same ε (chosen on the attack set)
+        from .attacks.bank import baseline_of
+        fixed_name, fixed = baseline_of(res, model, train.float_images(), train.labels, eps, args.norm, args.beta,
+                                        args.target, args.seed, device, group=group)   # torchrun: scored in shards
+        if group is not None:                 # the same sums on every rank: rank 0's choice, to be sure
+            fixed_name, fixed = group.broadcast((fixed_name, fixed))
+        m, mf = evaluate_data(model, test, [res.delta, fixed], test.num_classes, device=device, target=args.target,
+                              group=group)
+        together = True
+        if not lead:
+            return 0
+        out = Path(args.out)
+        with output_set(out, outputs, args.force) as stage:   # the old set stays whole until the new one is in
+            files = {k: str(out / Path(v).name) for k, v in save_perturbation(stage, res.delta, eps,
+                                                                            res.snapshots).items()}
+            atomic_bytes(stage / "grid.png", png_bytes(_grid(model, test, res.delta, device)))
+            beats = m["perturbed_top1"] < mf["perturbed_top1"]
+            metrics = {**m, "eps": args.eps, "beta": args.beta, "method": args.method, "attack": method,
+                       "start": res.config.get("start", "zero"), "leaderboard": res.config.get("leaderboard"),
+                       "best_fixed": {"name": fixed_name, "perturbed_top1": mf["perturbed_top1"]},
+                       "beats_best_fixed": beats, "seconds": res.seconds,
+                       "steps": res.steps, "attack_size": len(train), "eval_size": m["n"], "streamed": streamed,
+                       "world_size": world, "dataset": args.dataset, "checkpoint": str(args.checkpoint),
+                       "model": meta["arch"], "test_is_attack_set": same_images, "config": res.config,
+                       "history": res.history, "files": files}
+            write_json(stage / "metrics.json", metrics)
+        print(f"clean top-1 {100 * m['clean_top1']:.1f}% -> perturbed top-1 {100 * m['perturbed_top1']:.1f}% "
+              f"(fooling ratio {100 * m['fooling_ratio']:.1f}%, ε = {args.eps:g}/255, {res.seconds:.1f} s, "
+              f"{method}{', start ' + res.config['start'] if method == 'strong' else ''}"
+              f"{f', {world} processes' if world > 1 else ''}); best fixed pattern "
+              f"({fixed_name}) {100 * mf['perturbed_top1']:.1f}%"
+              f"{'' if beats else ' -- the attack does NOT beat it'}; wrote {out}")
+        return 0
+    finally:
+        distributed.finish(group, together)
+
+
+def _model_and_info(args, device):
+    """(dataset info, model, meta) for attack and eval: an imagefolder's image size is the checkpoint's (a
+    ``torchvision:`` model's: --image-size); the checkpoint is checked against the data."""
+    from .checkpoint import read_checkpoint
+    from .data import dataset_info
+    size = args.image_size
+    if args.dataset.startswith("imagefolder:") and not str(args.checkpoint).startswith("torchvision:"):
+        dataset_info(args.dataset, size)               # a missing or empty folder: said before the checkpoint
+        size = read_checkpoint(args.checkpoint)["meta"].get("image_size", size)
+    info = dataset_info(args.dataset, size)
+    model, meta = _load_model(args, info, device)
+    return info, model, meta
 
 
 def cmd_eval(args) -> int:
-    from .checkpoint import load_checkpoint
-    from .data import dataset_info
-    from .device import pick_device
+    from . import distributed
     from .evaluation import evaluate_data
     from .export import load_perturbation, png_bytes
     from .fileio import atomic_bytes, output_set, prepare_out_dir, write_json
@@ -395,26 +506,36 @@ def cmd_eval(args) -> int:
 
     _check_size(args.eval_size, "--eval-size")
     _check_data_args(args)
-    info0 = dataset_info(args.dataset, args.image_size)
-    device = pick_device(args.device)
-    model, meta = load_checkpoint(args.checkpoint, {"num_classes": info0["num_classes"], "shape": info0["shape"]},
-                                  device)
-    info = dataset_info(args.dataset, meta["image_size"])
+    device = distributed.device_for(args.device)
+    info, model, meta = _model_and_info(args, device)
     delta = load_perturbation(args.perturbation, info["shape"])
     prepare_out_dir(args.out, ["metrics.json", "grid.png"], args.force, create=False)
-    test = _data(args, "test", info, limit=args.eval_size)            # a data error leaves no --out folder
-    out = Path(args.out)
-    m = evaluate_data(model, test, delta, test.num_classes, device=device)   # a stream: minibatch by minibatch
-    eps255 = float(delta.abs().max()) * 255
-    with output_set(out, ["metrics.json", "grid.png"], args.force) as stage:
-        atomic_bytes(stage / "grid.png", png_bytes(_grid(model, test, delta, device)))
-        write_json(stage / "metrics.json", {**m, "eps": round(eps255, 3), "dataset": args.dataset,
-                                            "checkpoint": str(args.checkpoint), "perturbation": str(args.perturbation),
-                                            "model": meta["arch"], "eval_size": m["n"],
-                                            "streamed": is_stream(test)})
-    print(f"clean top-1 {100 * m['clean_top1']:.1f}% -> perturbed top-1 {100 * m['perturbed_top1']:.1f}% "
-          f"(fooling ratio {100 * m['fooling_ratio']:.1f}%, ‖δ‖∞ = {eps255:.2f}/255); wrote {out}")
-    return 0
+    world, lead = distributed.world_size(), distributed.env_rank() == 0
+    test_s = _open(args, "test", info, note=lead)
+    if world > 1:
+        distributed.check_shards(world, "test images", _split_len(args, "test", info, test_s, args.eval_size))
+    group = distributed.start(device)
+    together = False
+    try:
+        test = _data(args, "test", info, limit=args.eval_size, stream=test_s, group=group)  # a data error: no --out
+        out = Path(args.out)
+        m = evaluate_data(model, test, delta, test.num_classes, device=device, group=group)   # a stream: minibatches
+        together = True
+        if not lead:
+            return 0
+        eps255 = float(delta.abs().max()) * 255
+        with output_set(out, ["metrics.json", "grid.png"], args.force) as stage:
+            atomic_bytes(stage / "grid.png", png_bytes(_grid(model, test, delta, device)))
+            write_json(stage / "metrics.json", {**m, "eps": round(eps255, 3), "dataset": args.dataset,
+                                                "checkpoint": str(args.checkpoint),
+                                                "perturbation": str(args.perturbation), "model": meta["arch"],
+                                                "eval_size": m["n"], "streamed": is_stream(test),
+                                                "world_size": world})
+        print(f"clean top-1 {100 * m['clean_top1']:.1f}% -> perturbed top-1 {100 * m['perturbed_top1']:.1f}% "
+              f"(fooling ratio {100 * m['fooling_ratio']:.1f}%, ‖δ‖∞ = {eps255:.2f}/255); wrote {out}")
+        return 0
+    finally:
+        distributed.finish(group, together)
 
 
 def _init_weights(args, train) -> dict:
@@ -460,16 +581,12 @@ def train(argv: list[str]) -> dict:
 
 def cmd_train(args, sink: dict | None = None) -> int:
     """``uat train``; with ``sink``, the metrics written to metrics.json are also put in ``sink["metrics"]``."""
-    import os
     import signal
     import threading
 
-    import torch.distributed as dist
-
-    from . import protocol
+    from . import distributed, protocol
     from .checkpoint import read_checkpoint, save_checkpoint
     from .data import dataset_info
-    from .device import pick_device
     from .evaluation import evaluate_data
     from .fileio import atomic_write, output_set, prepare_out_dir, write_json
     from .models import arch_name, check_arch
@@ -518,48 +635,26 @@ def cmd_train(args, sink: dict | None = None) -> int:
     else:
         prepare_out_dir(out, ["model.pt", "metrics.json", "checkpoint.pt", "delta.pt"], args.force)
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    distributed = world > 1                       # under torchrun: DDP, one process per GPU (or CPU)
-    if distributed:
-        import datetime
-        dev_name, local = args.device, int(os.environ.get("LOCAL_RANK", 0))
-        if dev_name == "auto":
-            dev_name = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-        elif dev_name == "cuda":
-            dev_name = f"cuda:{local}"                  # one GPU per process
-        device = pick_device(dev_name)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        # a rank that dies or hangs ends the others' collectives after this many seconds, never a hang
-        timeout = datetime.timedelta(seconds=float(os.environ.get("UAT_DIST_TIMEOUT", "300")))
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
-    else:
-        device = pick_device(args.device)
-    rank = dist.get_rank() if distributed else 0
+    world = distributed.world_size()              # under torchrun: DDP, one process per GPU (or CPU)
+    device = distributed.device_for(args.device)
+    rank = distributed.env_rank()
+    # a streamed split is read from disk as training goes; its files (and the test split's, so that a bad test
+    # folder stops the run now, not after training) are listed now and their headers checked first
+    train_stream = _open(args, "train", info, note=rank == 0)
+    test_stream = _open(args, "test", info, note=rank == 0)
+    group = distributed.start(device)
     ok = False
     try:
-        # a streamed split is read from disk as training goes; its files (and the test split's, so that a bad test
-        # folder stops the run now, not after training) are checked first
-        train_stream = _open(args, "train", info, note=rank == 0)
-        test_stream = _open(args, "test", info, note=rank == 0)
-        # --- work: rank 0 decodes (and caches) the data first, the others then read its cache
-        if distributed and train_stream is None:
-            box = [None]
-            if rank == 0:
-                try:
-                    _data(args, "train", info)
-                except UATError as e:
-                    box = [str(e)]
-            dist.broadcast_object_list(box, src=0)
-            if box[0]:
-                raise UATError(box[0])
+        # --- work: rank 0 decodes (and caches) in-memory data first, the others then read its cache; a stream's
+        # headers are checked in shards, one a rank
         if train_stream is None:
-            train = _data(args, "train", info, stream=None)
+            train = _data(args, "train", info, stream=None, group=group)
             if args.train_size:
                 train = train.subset(args.train_size, args.seed)
         else:
-            train = _data(args, "train", info, limit=args.train_size, stream=train_stream)
-        test = None if test_stream is None else _data(args, "test", info, limit=args.eval_size, stream=test_stream)
+            train = _data(args, "train", info, limit=args.train_size, stream=train_stream, group=group)
+        test = None if test_stream is None else _data(args, "test", info, limit=args.eval_size, stream=test_stream,
+                                                      group=group)
         init = _init_weights(args, train) if args.init_weights else None
         training_meta = {**cfg.to_dict(), "dataset": args.dataset, "train_size": len(train), "world_size": world,
                          "command": "python -m uat_core " + " ".join(args.argv)}
@@ -609,23 +704,28 @@ def cmd_train(args, sink: dict | None = None) -> int:
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)
-        ok = True                                     # every rank finished training together
         if res.stopped_early:
+            ok = True                                 # every rank stopped at the same step
             if rank == 0:
                 print(f"interrupted at step {res.steps}/{trainer.total}: saved {ckpt_path}; run the same "
                       "command with --resume to continue", file=sys.stderr)
             return 130
+        # every rank scores its shard of the test split with rank 0's model (the one written); the counts are
+        # summed (in-memory: rank 0 decodes first)
+        if group is not None:
+            group.copy_from_first(trainer.model)
+        if test is None:
+            test = _data(args, "test", info, limit=args.eval_size, stream=None, group=group)
+        m = evaluate_data(trainer.model, test, None, test.num_classes, device=device, group=group)
+        ok = True                                     # every rank finished training and evaluating together
         if rank != 0:
-            return 0                                  # only rank 0 evaluates and writes
+            return 0                                  # only rank 0 reports and writes
 
         metrics = {"dataset": args.dataset, "model": args.model, "algorithm": args.algorithm,
                    "epochs": res.epochs_done, "steps": res.steps, "seconds": res.seconds,
                    "passes": res.passes, "train_size": len(train), "world_size": world}
         if res.rank_spread is not None:
             metrics["rank_spread"] = res.rank_spread   # max |difference| of δ and weights across processes
-        if test is None:
-            test = _data(args, "test", info, limit=args.eval_size, stream=None)
-        m = evaluate_data(trainer.model, test, None, test.num_classes, device=device)
         metrics.update(clean_top1=m["clean_top1"], clean_top5=m["clean_top5"], eval_size=m["n"])
         if train_stream is not None or test_stream is not None:
             metrics["streamed"] = {"train": train_stream is not None, "test": test_stream is not None}
@@ -652,10 +752,4 @@ def cmd_train(args, sink: dict | None = None) -> int:
               f"({res.seconds:.1f} s of training); wrote {out}")
         return 0
     finally:
-        if distributed and dist.is_initialized():
-            if ok:
-                try:             # leave together: a gloo peer closing early can abort the others' threads
-                    dist.barrier()
-                except Exception:
-                    pass
-            dist.destroy_process_group()
+        distributed.finish(group, ok)     # leave together: a gloo peer closing early can abort the others' threads

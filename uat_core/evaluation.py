@@ -3,7 +3,9 @@
 All forward passes run batched under ``torch.inference_mode()``; images stay uint8 until their batch
 is moved to the device. ``evaluate`` takes images in memory; ``evaluate_stream`` the same figures over a
 split streamed from disk (``stream.FolderStream``: memory bounded whatever its size, each minibatch decoded
-once for the clean pass and every δ); ``evaluate_data`` takes either.
+once for the clean pass and every δ); ``evaluate_data`` takes either, and under ``torchrun`` (``group``) scores
+only this rank's contiguous shard of the images and sums the counts (correct, fooled, per class) across the
+ranks: the figures are exactly those of one process over every image.
 """
 from __future__ import annotations
 
@@ -71,17 +73,10 @@ def _figures(labels: torch.Tensor, top_c: torch.Tensor, top_p: torch.Tensor | No
 
 
 @torch.inference_mode()
-def evaluate_stream(model, data, delta=None, num_classes: int | None = None, batch_size: int = 256,
-                    device=None, target: int | None = None):
-    """:func:`evaluate` over a ``stream.FolderStream`` (the evaluation view), one minibatch decoded at a time.
-
-    ``delta``: None, one (C,H,W) δ (returns one dict, as :func:`evaluate`) or a list of them (returns one dict
-    per δ; each minibatch is decoded and classified clean once for all of them). Images that do not decode
-    are skipped with a warning and left out of every figure (``n`` counts those measured)."""
-    from .errors import UATError
-
-    many = isinstance(delta, (list, tuple))
-    deltas = list(delta) if many else ([] if delta is None else [delta])
+def _stream_predictions(model, data, deltas: list, batch_size: int = 256, device=None
+                        ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] | None:
+    """(labels (N,), clean top-k (N,k), [top-k with each δ (N,k)]) of the images of a stream that decode;
+    None when none does."""
     device = device or next(model.parameters()).device
     ds = [d.to(device).float() for d in deltas]
     was = model.training
@@ -101,26 +96,129 @@ def evaluate_stream(model, data, delta=None, num_classes: int | None = None, bat
     finally:
         model.train(was)
     if not labels:
+        return None
+    return torch.cat(labels), torch.cat(top_c), [torch.cat(p) for p in top_p]
+
+
+def evaluate_stream(model, data, delta=None, num_classes: int | None = None, batch_size: int = 256,
+                    device=None, target: int | None = None):
+    """:func:`evaluate` over a ``stream.FolderStream`` (the evaluation view), one minibatch decoded at a time.
+
+    ``delta``: None, one (C,H,W) δ (returns one dict, as :func:`evaluate`) or a list of them (returns one dict
+    per δ; each minibatch is decoded and classified clean once for all of them). Images that do not decode
+    are skipped with a warning and left out of every figure (``n`` counts those measured)."""
+    from .errors import UATError
+
+    many = isinstance(delta, (list, tuple))
+    deltas = list(delta) if many else ([] if delta is None else [delta])
+    got = _stream_predictions(model, data, deltas, batch_size, device)
+    if got is None:
         raise UATError(f"none of the {len(data)} images of {data.root} could be decoded")
-    y = torch.cat(labels)
+    y, c, top_p = got
     K = num_classes or data.num_classes
-    c = torch.cat(top_c)
-    out = [_figures(y, c, torch.cat(p), K, target) for p in top_p] or [_figures(y, c, None, K, target)]
+    out = [_figures(y, c, p, K, target) for p in top_p] or [_figures(y, c, None, K, target)]
     return out if many else out[0]
 
 
 def evaluate_data(model, data, delta=None, num_classes: int | None = None, device=None,
-                  target: int | None = None):
+                  target: int | None = None, group=None):
     """:func:`evaluate` of an ``ImageData`` or :func:`evaluate_stream` of a ``FolderStream``; ``delta`` may be
-    a list of δs (a list of dicts back)."""
+    a list of δs (a list of dicts back). ``group`` (a :class:`uat_core.distributed.Group`, under torchrun):
+    every rank calls this with the same data and scores only its shard (see :func:`evaluate_sharded`)."""
     from .stream import is_stream
 
+    if group is not None and group.world > 1:
+        return evaluate_sharded(model, data, group, delta, num_classes, device=device, target=target)
     if is_stream(data):
         return evaluate_stream(model, data, delta, num_classes, device=device, target=target)
     if isinstance(delta, (list, tuple)):
         return [evaluate(model, data.images, data.labels, d, num_classes, device=device, target=target)
                 for d in delta]
     return evaluate(model, data.images, data.labels, delta, num_classes, device=device, target=target)
+
+
+# ---- several processes -------------------------------------------------------------------------
+
+def _counts(labels: torch.Tensor, top_c: torch.Tensor, top_p: list[torch.Tensor], K: int,
+            target: int | None) -> torch.Tensor:
+    """The integers every figure of :func:`_figures` is a ratio of, in one int64 vector that ranks can add:
+    [n, clean top-1, clean top-5, clean correct per class (K), images per class (K)] and, per δ,
+    [top-1, top-5, correct per class (K), fooled, images not of the target class, sent to the target]."""
+    def hits(top):
+        return [int((top[:, 0] == labels).sum()), int((top[:, :5] == labels[:, None]).any(1).sum())]
+
+    def per_cls(top):
+        return torch.bincount(labels[top[:, 0] == labels], minlength=K)
+
+    out = [torch.tensor([len(labels), *hits(top_c)]), per_cls(top_c), torch.bincount(labels, minlength=K)]
+    for p in top_p:
+        others = labels != target if target is not None else torch.zeros_like(labels, dtype=torch.bool)
+        out += [torch.tensor(hits(p)), per_cls(p),
+                torch.tensor([int((p[:, 0] != top_c[:, 0]).sum()), int(others.sum()),
+                              int((p[others, 0] == target).sum()) if target is not None else 0])]
+    return torch.cat([t.to(torch.int64) for t in out])
+
+
+def _ratio(k, n) -> float:
+    """k / n as float32 arithmetic gives it: the very value of ``.float().mean()`` over n flags, k of them set."""
+    return (torch.tensor(float(k)) / torch.tensor(float(n))).item()
+
+
+def _from_counts(c: torch.Tensor, n_deltas: int, K: int, target: int | None) -> list[dict]:
+    """The dicts of :func:`evaluate` (one per δ; one without δ when there is none) from :func:`_counts`."""
+    c = c.tolist()
+    n, c1, c5 = c[:3]
+    correct, count = c[3:3 + K], c[3 + K:3 + 2 * K]
+
+    def per_class_of(right):
+        return [None if m == 0 else _ratio(k, m) for k, m in zip(right, count)]
+    clean = {"n": n, "clean_top1": _ratio(c1, n), "clean_top5": _ratio(c5, n),
+             "per_class_clean": per_class_of(correct)}
+    out, at = [], 3 + 2 * K
+    for _ in range(n_deltas):
+        p1, p5 = c[at:at + 2]
+        right = c[at + 2:at + 2 + K]
+        fooled, others, sent = c[at + 2 + K:at + 5 + K]
+        d = {**clean, "perturbed_top1": _ratio(p1, n), "perturbed_top5": _ratio(p5, n),
+             "per_class_perturbed": per_class_of(right), "fooling_ratio": _ratio(fooled, n)}
+        if target is not None:
+            d["target_rate"] = _ratio(sent, others) if others else 0.0
+        out.append(d)
+        at += 5 + K
+    return out or [clean]
+
+
+def evaluate_sharded(model, data, group, delta=None, num_classes: int | None = None, batch_size: int = 500,
+                     device=None, target: int | None = None):
+    """:func:`evaluate_data` under torchrun: this rank scores the contiguous shard ``group.span(len(data))`` of
+    ``data`` (an ImageData, or a FolderStream: only the shard's files are decoded), the counts are summed
+    across the ranks and every rank returns the figures of the whole of ``data`` (those of one process).
+    Collective: every rank must call it with the same data, δs and arguments."""
+    from .errors import UATError
+    from .stream import is_stream
+
+    many = isinstance(delta, (list, tuple))
+    deltas = list(delta) if many else ([] if delta is None else [delta])
+    K = num_classes or data.num_classes
+    a, b = group.span(len(data))
+    got = None
+    if b > a:
+        if is_stream(data):
+            got = _stream_predictions(model, data.part(a, b), deltas, device=device)
+        else:
+            images = data.images[a:b]
+            y = data.labels[a:b].cpu()
+            top_c = predict(model, images, None, batch_size, device)[0]
+            got = y, top_c, [predict(model, images, d, batch_size, device)[0] for d in deltas]
+    if got is None:                                     # an empty shard, or none of its files decoded
+        empty = torch.zeros((0, 1), dtype=torch.int64)
+        got = torch.zeros((0,), dtype=torch.int64), empty, [empty for _ in deltas]
+    counts = group.sum(_counts(*got, K, target))
+    if int(counts[0]) == 0:
+        where = f" of {data.root}" if is_stream(data) else ""
+        raise UATError(f"none of the {len(data)} images{where} could be decoded")
+    out = _from_counts(counts, len(deltas), K, target)
+    return out if many else out[0]
 
 
 def per_class(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:

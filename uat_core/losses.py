@@ -40,8 +40,9 @@ def targeted_objective(logits: torch.Tensor, target: int, beta: float = math.inf
 
 
 def attack_objective(logits: torch.Tensor, labels: torch.Tensor, beta: float = math.inf,
-                     target: int | None = None) -> torch.Tensor:
-    """The scalar Alg. 2 ascends: untargeted clipped CE, or the targeted objective when ``target`` is set."""
+                     target: int | None = None, reduction: str = "mean") -> torch.Tensor:
+    """The scalar Alg. 2 ascends: untargeted clipped CE, or the targeted objective when ``target`` is set
+    (``reduction="none"``: one value per image, whose sum several processes add up under torchrun)."""
     if target is None:
-        return clipped_cross_entropy(logits, labels, beta)
-    return targeted_objective(logits, target, beta)
+        return clipped_cross_entropy(logits, labels, beta, reduction)
+    return targeted_objective(logits, target, beta, reduction)

@@ -25,15 +25,20 @@ def meta_for(arch: str, data: ImageData, training: dict | None = None, metrics: 
                       training, metrics)
 
 
-def make_attack(model, attack_set: ImageData, method: str = "alg2", device=None, **cfg):
+def make_attack(model, attack_set: ImageData, method: str = "alg2", device=None, group=None, **cfg):
     """An Alg. 2 (``alg2``), strong multi-start (``strong``) or iDeepFool (``idf``) run over ``attack_set``;
-    cfg: the fields of that method's config (AttackConfig, StrongConfig, IDFConfig)."""
+    cfg: the fields of that method's config (AttackConfig, StrongConfig, IDFConfig). ``group``: the
+    processes of a torchrun (``distributed.Group``) that share Alg. 2's minibatches; the other methods run in
+    one process."""
     x, y = attack_set.float_images(), attack_set.labels
+    if group is not None and group.world > 1 and method != "alg2":
+        from .errors import UATError
+        raise UATError(f"the {method} attack runs in one process only, not under torchrun")
     if method == "idf":
         return IDeepFool(model, x, y, IDFConfig(**cfg), device=device)
     if method == "strong":
         return StrongUniversalAttack(model, x, y, StrongConfig(**cfg), device=device)
-    return UniversalAttack(model, x, y, AttackConfig(**cfg), device=device)
+    return UniversalAttack(model, x, y, AttackConfig(**cfg), device=device, group=group)
 
 
 def robustness_report(model, train, test, eps: float = 8.0, attack_size: int = 2000,

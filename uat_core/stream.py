@@ -220,6 +220,10 @@ class FolderStream(Dataset):
         return FolderStream(self.root, self.names[idx.numpy()], self.labels[idx], self.classes, self.image_size,
                             self.name, self.split, self.workers)
 
+    def part(self, start: int, stop: int) -> FolderStream:
+        """A stream over files ``start … stop−1`` (in order): one rank's shard under torchrun."""
+        return self._like(torch.arange(start, min(stop, len(self))))
+
     def select(self, n: int | None, seed: int = 0, stratified: bool = True) -> FolderStream:
         """A stream over a seeded random subset of ``n`` of the files, in their order (``self`` when ``n`` is
         None or at least ``len``): the files ``load_dataset(..., limit=n, seed=seed)`` decodes."""

@@ -134,26 +134,35 @@ class BankScores:
 
 @torch.inference_mode()
 def score_bank(model, patterns: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
-               beta: float = math.inf, target: int | None = None, chunk: int = 2048, device=None) -> BankScores:
+               beta: float = math.inf, target: int | None = None, chunk: int = 2048, device=None,
+               group=None) -> BankScores:
     """Objective and accuracy of every pattern on the same probe images, batched over patterns × images.
 
     patterns: (M,C,H,W); images: (n,C,H,W) float in [0, 1] or uint8; labels: (n,). Each forward pass takes
     ``chunk`` perturbed images (several patterns at once), so the whole bank costs ⌈M·n/chunk⌉ passes.
+    ``group`` (under torchrun, every rank with the same arguments): each rank scores its contiguous shard of the
+    images and the sums are added up across the ranks.
     """
     device = device or next(model.parameters()).device
     was = model.training
     model.eval()
+    total = len(images)
+    if group is not None and group.world > 1:
+        a, b = group.span(total)
+        images, labels = images[a:b], labels[a:b]
+    else:
+        group = None
     x = images.to(device)
     x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
     y = labels.to(device)
     n = len(x)
-    blk = min(n, chunk)                                                     # images per block
+    blk = max(1, min(n, chunk))                                             # images per block
     per = max(1, chunk // blk)                                              # patterns per forward pass
     M = len(patterns)
     loss_sum = torch.zeros(M, device=device)
     correct = torch.zeros(M, device=device)
     hits = torch.zeros(M, device=device)
-    for s in range(0, M, per):
+    for s in range(0, M if n else 0, per):
         P = patterns[s:s + per].to(device)                                  # (m,C,H,W)
         for i in range(0, n, blk):
             xi, yi = x[i:i + blk], y[i:i + blk]
@@ -169,12 +178,15 @@ def score_bank(model, patterns: torch.Tensor, images: torch.Tensor, labels: torc
             if target is not None:
                 hits[s:s + len(P)] += (pred == target).sum(1)
     model.train(was)
+    if group is not None:                                                   # Σ over the ranks' shards
+        loss_sum, correct, hits = group.sum(torch.stack([loss_sum, correct, hits]))
+        n = total
     return BankScores((loss_sum / n).cpu(), (correct / n).cpu(), (hits / n).cpu() if target is not None else None)
 
 
 def screen(model, patterns: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, probe: int = 32,
            keep: int = 16, beta: float = math.inf, target: int | None = None, seed: int = 0,
-           device=None) -> tuple[torch.Tensor, BankScores]:
+           device=None, group=None) -> tuple[torch.Tensor, BankScores]:
     """Rank ``patterns`` (M,C,H,W) by their objective on a random probe of the attack images, in two stages:
     every pattern on ``probe`` images, then the best ``keep`` on ``4·probe`` images.
 
@@ -188,7 +200,8 @@ def screen(model, patterns: torch.Tensor, images: torch.Tensor, labels: torch.Te
     for n_img, k in ((probe, len(patterns)), (4 * probe, keep)):
         order = order[:k]
         idx = perm[:min(n_img, len(images))]
-        scores = score_bank(model, patterns[order], images[idx], labels[idx], beta, target, chunk=256, device=device)
+        scores = score_bank(model, patterns[order], images[idx], labels[idx], beta, target, chunk=256, device=device,
+                            group=group)
         rank = scores.loss.argsort(descending=True)               # clipped CE or the targeted objective: ↑
         order, scores = order[rank], BankScores(scores.loss[rank], scores.acc[rank],
                                                 None if scores.target_rate is None else scores.target_rate[rank])
@@ -201,16 +214,17 @@ def screen(model, patterns: torch.Tensor, images: torch.Tensor, labels: torch.Te
 @torch.inference_mode()
 def best_fixed_pattern(model, images: torch.Tensor, labels: torch.Tensor, eps: float, norm: str = "linf",
                        beta: float = 9.0, target: int | None = None, probe: int = 32, finalists: int = 4,
-                       seed: int = 0, device=None) -> tuple[str, torch.Tensor, float]:
+                       seed: int = 0, device=None, group=None) -> tuple[str, torch.Tensor, float]:
     """The strongest fixed pattern of the bank against ``model``, chosen on the attack images only:
     screen the bank (:func:`screen`), then of the ``finalists`` best keep the one that leaves the fewest
     attack images correct (or, targeted, sends the most to the target).
 
-    eps in pixel units. Returns (name, δ (C,H,W) on the CPU, its accuracy on the attack images)."""
+    eps in pixel units. Returns (name, δ (C,H,W) on the CPU, its accuracy on the attack images). ``group``: under
+    torchrun, the images are scored in shards, one a rank (:func:`score_bank`)."""
     device = device or next(model.parameters()).device
     bank = pattern_bank(tuple(images.shape[1:]), eps, norm, random=0)
-    idx, _ = screen(model, bank.patterns, images, labels, probe, max(finalists, 1), beta, target, seed, device)
-    full = score_bank(model, bank.patterns[idx], images, labels, beta, target, chunk=256, device=device)
+    idx, _ = screen(model, bank.patterns, images, labels, probe, max(finalists, 1), beta, target, seed, device, group)
+    full = score_bank(model, bank.patterns[idx], images, labels, beta, target, chunk=256, device=device, group=group)
     key = full.acc if target is None else -full.target_rate
     j = int(key.argmin())
     return bank.names[int(idx[j])], bank.patterns[int(idx[j])].clone(), float(full.acc[j])
@@ -225,10 +239,12 @@ def bank_pattern(name: str, shape, eps: float, norm: str = "linf") -> torch.Tens
 
 
 def baseline_of(result, model, images: torch.Tensor, labels: torch.Tensor, eps: float, norm: str = "linf",
-                beta: float = 9.0, target: int | None = None, seed: int = 0, device=None) -> tuple[str, torch.Tensor]:
+                beta: float = 9.0, target: int | None = None, seed: int = 0, device=None,
+                group=None) -> tuple[str, torch.Tensor]:
     """(name, δ) of the best fixed pattern for an attack ``result``: the one the strong attack already found,
     else :func:`best_fixed_pattern` screened on the same attack images (eps in pixel units)."""
     if result.best_fixed is not None:
         return result.config["best_fixed"]["name"], result.best_fixed
-    name, delta, _ = best_fixed_pattern(model, images, labels, eps, norm, beta, target, seed=seed, device=device)
+    name, delta, _ = best_fixed_pattern(model, images, labels, eps, norm, beta, target, seed=seed, device=device,
+                                        group=group)
     return name, delta

@@ -15,6 +15,13 @@ Norm: ℓ∞ (default) or ℓ2.  Optimizers (the update rule; the projection is 
   (for ℓ2, pgd steps along g/‖g‖₂ with length τ).
 The weights stay frozen: each step costs one forward and one input-gradient backward.
 
+Several processes (``group``, a :class:`uat_core.distributed.Group`, under ``torchrun``): global minibatch b of
+an epoch is ``order[b·B·N:(b+1)·B·N]`` of the epoch's permutation (the same on every rank) and rank r takes
+the r-th block of B, as the training loop does; each rank sums the gradient and the objective of its images,
+one all-reduce adds them up and the sum is divided by the minibatch's image count. Every rank then takes
+the step one process takes with batch B·N (the same images, the same mean of min(CE, β): equal to float
+tolerance, the sums being added in another order) and holds the same δ.
+
 Example::
 
     cfg = AttackConfig(eps=8, beta=9, optimizer="pgd", epochs=10)
@@ -117,7 +124,7 @@ class UniversalAttack(Run):
 
     def __init__(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                  config: AttackConfig | None = None, device: str | torch.device | None = None,
-                 delta_init: torch.Tensor | None = None):
+                 delta_init: torch.Tensor | None = None, group=None):
         super().__init__()
         self.cfg = (config or AttackConfig()).validate()
         self.model = model
@@ -126,7 +133,11 @@ class UniversalAttack(Run):
         self.delta = torch.zeros(self.x.shape[1:], device=self.device)   # (C,H,W)
         if delta_init is not None:
             self.delta = project(delta_init.to(self.device).float(), self.eps, self.cfg.norm)
-        self.steps_per_epoch = math.ceil(len(self.x) / self.cfg.batch_size)
+        self.group = group if group is not None and group.world > 1 else None   # torchrun: N processes
+        self.world = self.group.world if self.group is not None else 1
+        if len(self.x) < self.world:
+            raise UATError(f"the attack set ({len(self.x)} images) is smaller than the {self.world} processes")
+        self.steps_per_epoch = math.ceil(len(self.x) / (self.cfg.batch_size * self.world))
         self.total = self.cfg.epochs * self.steps_per_epoch
         self.snapshots: list[tuple[int, torch.Tensor]] = []
 
@@ -147,6 +158,29 @@ class UniversalAttack(Run):
         else:
             delta.add_(g / g.norm().clamp_min(1e-12), alpha=tau)
 
+    def _shared_step(self, model, x, y, delta):
+        """Under torchrun: (g, loss, acc, target rate) of the global minibatch whose block (x, y) this rank
+        holds (possibly empty), from one all-reduce of the sums of every rank's block."""
+        cfg = self.cfg
+        if len(y):
+            logits = model(apply(x, delta))                                     # (b,K)
+            per = attack_objective(logits, y, cfg.beta, cfg.target, reduction="none")   # (b,)
+            g, = torch.autograd.grad(per.sum(), delta)                          # (C,H,W) Σ_block ∇δ
+            pred = logits.detach().argmax(1)
+            hits = (pred == cfg.target) if cfg.target is not None else torch.zeros_like(pred, dtype=torch.bool)
+            stats = torch.stack([per.detach().sum(), (pred == y).sum().float(), hits.sum().float(),
+                                 (~torch.isfinite(logits.detach())).sum().float(),
+                                 torch.tensor(float(len(y)), device=delta.device)])   # exact counts in float32
+        else:                                                                   # the epoch's last, short batch
+            g, stats = torch.zeros_like(delta), torch.zeros(5, device=delta.device)
+        total = self.group.sum(torch.cat([g.detach().flatten(), stats]))
+        g, (loss, correct, hits, bad, n) = total[:-5].view_as(delta), total[-5:].tolist()
+        if bad:                                                     # every rank stops here, with the same line
+            check_finite(torch.tensor(math.nan), "the model's output (a broken checkpoint?)")
+        n32 = torch.tensor(n)                                       # float32 ratios, as one process's .mean()
+        return (g / n, abs(loss / n), (torch.tensor(correct) / n32).item(),
+                (torch.tensor(hits) / n32).item())
+
     # ---- the loop ---------------------------------------------------------------------------
     def _steps(self):
         cfg, t0 = self.cfg, time.perf_counter()
@@ -155,17 +189,25 @@ class UniversalAttack(Run):
         opt = self._make_optimizer(delta)
         tau = cfg.tau / 255.0
         step = 0
+        B, rank = cfg.batch_size, self.group.rank if self.group is not None else 0
         with frozen(self.model) as model:
             for epoch in range(cfg.epochs):
                 order = torch.randperm(len(self.x), generator=gen).to(self.device)
                 for b in range(self.steps_per_epoch):
-                    idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                    start = (b * self.world + rank) * B                    # this rank's block of batch b
+                    idx = order[start:start + B]
                     x, y = self.x[idx], self.y[idx]                        # (B,C,H,W), (B,)
-                    logits = model(apply(x, delta))                        # (B,K)
-                    loss = attack_objective(logits, y, cfg.beta, cfg.target)
-                    g, = torch.autograd.grad(loss, delta)                  # (C,H,W) = E_batch ∇δ
-                    if not torch.isfinite(logits).all():                   # say which: model or step
-                        check_finite(logits, "the model's output (a broken checkpoint?)")
+                    if self.group is None:
+                        logits = model(apply(x, delta))                    # (B,K)
+                        loss = attack_objective(logits, y, cfg.beta, cfg.target)
+                        g, = torch.autograd.grad(loss, delta)              # (C,H,W) = E_batch ∇δ
+                        if not torch.isfinite(logits).all():               # say which: model or step
+                            check_finite(logits, "the model's output (a broken checkpoint?)")
+                        pred = logits.argmax(1)
+                        loss_v, acc = abs(loss.item()), (pred == y).float().mean().item()
+                        hit = (pred == cfg.target).float().mean().item() if cfg.target is not None else None
+                    else:
+                        g, loss_v, acc, hit = self._shared_step(model, x, y, delta)
                     check_finite(g, "the gradient of the attack loss")
                     if cfg.schedule == "cosine":           # τ_s = τ0 · ½(1 + cos(π s / S)), s = 0 … S−1
                         tau = cfg.tau / 255.0 * 0.5 * (1 + math.cos(math.pi * step / self.total))
@@ -181,11 +223,10 @@ class UniversalAttack(Run):
                         delta.copy_(project(delta, self.eps, cfg.norm))
                     self.delta = delta.detach()
                     step += 1
-                    acc = (logits.argmax(1) == y).float().mean().item()
-                    rec = {"step": step, "epoch": epoch, "loss": abs(loss.item()), "acc": acc,
+                    rec = {"step": step, "epoch": epoch, "loss": loss_v, "acc": acc,
                            "tau": tau * 255.0, "norm": norm_of(self.delta, cfg.norm) * 255.0}
                     if cfg.target is not None:
-                        rec["target_rate"] = (logits.argmax(1) == cfg.target).float().mean().item()
+                        rec["target_rate"] = hit
                     self.history.append(rec)
                     snap = None
                     if cfg.snapshot_every and step % cfg.snapshot_every == 0:
@@ -204,8 +245,12 @@ class UniversalAttack(Run):
         final = self.delta.cpu().clone()
         if not self.snapshots or self.snapshots[-1][0] != step:
             self.snapshots.append((step, final))
+        config = cfg.to_dict()
+        if self.group is not None:            # every rank took the same steps: their δs are equal (0 spread)
+            config.update(world_size=self.world, rank_spread=float(
+                (self.group.max(self.delta) - self.group.min(self.delta)).abs().max()) * 255.0)
         self.result = AttackResult(final, self.history, self.snapshots, time.perf_counter() - t0, step,
-                                   self.stopping, cfg.to_dict())
+                                   self.stopping, config)
         yield Event("done", step, self.total, cfg.epochs - 1, {}, final, self.result)
 
 

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from conftest import files_under
+from test_cli import assert_user_error as one_line
 from uat_core.data import load_dataset
 from uat_core.errors import UATError, UATWarning
 from uat_core.evaluation import evaluate, evaluate_data, evaluate_stream
@@ -51,15 +52,6 @@ def damaged_png(path: Path) -> Path:
         data[i] ^= 0xFF
     path.write_bytes(data)
     return path
-
-
-def one_line(rc: int, err: str, *words: str) -> str:
-    lines = err.strip().splitlines()
-    assert rc == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for w in words:
-        assert w.lower() in lines[0].lower(), (w, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

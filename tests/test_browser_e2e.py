@@ -25,11 +25,11 @@ CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(os.environ.get("UAT_SCREENSHOTS", ROOT / "runs" / "screenshots"))   # git-ignored: a test run
 # leaves the tree clean; refresh the README's pictures with UAT_SCREENSHOTS=assets/screenshots
 PAGES = ["home", "attack_lab", "beta_clipping", "optimizer_race", "uat_training", "idf_vs_alg2", "data_size",
-         "transfer", "starting_points"]
+         "transfer", "starting_points", "vulnerability"]
 TITLES = {"home": "UAT Lab", "attack_lab": "Universal attack lab", "beta_clipping": "β clipping",
           "optimizer_race": "Optimizer race", "uat_training": "Universal adversarial training",
           "idf_vs_alg2": "iDeepFool vs Alg. 2", "data_size": "How much data", "transfer": "Transfer",
-          "starting_points": "Why starting points matter"}
+          "starting_points": "Why starting points matter", "vulnerability": "Why some models fall"}
 
 pytestmark = pytest.mark.slow
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")

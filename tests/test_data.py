@@ -339,3 +339,21 @@ def test_dataset_info_matches_loaded(digits):
     cifar = dataset_info("cifar10")
     assert cifar["shape"] == (3, 32, 32) and cifar["num_classes"] == 10
     assert cifar["classes"][0] == "airplane" and cifar["std"] == D.CIFAR10_STD
+
+
+def test_cut_gives_the_stratified_subset_and_exactly_the_rest(digits_test):
+    n = len(digits_test)
+    ids = torch.zeros(n, 1, 2, 1, dtype=torch.uint8)                          # image i carries its index i
+    ids[:, 0, 0, 0], ids[:, 0, 1, 0] = torch.arange(n) % 256, torch.arange(n) // 256
+    tagged = ImageData(ids, digits_test.labels, list(digits_test.classes), "digits", "test", "", (0.5,), (0.5,))
+    a, b = tagged.cut(250, seed=3)
+
+    def index(d):
+        return (d.images[:, 0, 0, 0].long() + 256 * d.images[:, 0, 1, 0].long()).tolist()
+    assert index(a) == index(tagged.subset(250, 3))                            # the side subset() would pick
+    assert sorted(index(a) + index(b)) == list(range(n))                      # disjoint and complete
+    assert index(b) == sorted(index(b))                                        # in the original order
+    counts_a, counts_b = torch.bincount(a.labels, minlength=10), torch.bincount(b.labels, minlength=10)
+    assert (counts_a - counts_b).abs().max() <= 2                             # both halves stratified
+    with pytest.raises(UATError, match="a cut needs"):
+        tagged.cut(n)

@@ -107,3 +107,38 @@ def test_targets_are_judged_from_the_figures():
     missing["rows"] = [r for r in missing["rows"] if r["algorithm"] != "fgsm"]
     assert {x["target"]: x["met"] for x in report.targets(missing)}[
         "ordering under attack at ε = 8: natural < FGSM < low-cost ≤ uFGSM"] is None
+
+
+def test_heldout_protocol_is_added_to_the_report_and_matches_the_pipeline(digits_report, tmp_path):
+    """`zoo heldout`: δ built on one half of the test split, scored on the other; the figures added to the report
+    are those of pipeline.heldout_report, and the rest of the report is kept."""
+    from uat_core import protocol
+    from uat_core.evaluation import evaluate
+    from uat_core.pipeline import heldout_report
+    src, data = digits_report
+    (tmp_path / "results.json").write_text((src / "results.json").read_text())
+    out = report.add_heldout("digits", None, tmp_path / "results.md", only=["natural"])
+    nat = next(r for r in out["rows"] if r["algorithm"] == "natural")
+    others = [r for r in out["rows"] if r["algorithm"] != "natural"]
+    assert all("heldout_strong_top1@32" not in r for r in others)
+    assert {k: v for k, v in nat.items() if "heldout" not in k} == \
+        next(r for r in data["rows"] if r["algorithm"] == "natural")            # the other figures kept
+    model, _ = zoo.load_zoo_model("digits_smallcnn_natural")
+    test = load_dataset("digits", "test", progress=False)
+    shipped = zoo.load_zoo_perturbation("digits_smallcnn_natural")
+    ref = heldout_report(model, test, 32, data["attack_size"], shipped, data["attack_epochs"])
+    for k in ("heldout_strong_top1", "heldout_fixed_top1", "train_strong_on_heldout_top1", "heldout_robust_top1"):
+        assert nat[f"{k}@32"] == pytest.approx(ref[k], abs=1e-6)
+    assert nat["heldout_robust_top1@32"] == min(nat["heldout_strong_top1@32"], nat["heldout_fixed_top1@32"],
+                                                nat["train_strong_on_heldout_top1@32"])
+    # the scoring half is disjoint from the attack images and the shipped δ's figure is recomputed on it alone
+    build, score = protocol.heldout_sets(test, data["attack_size"])
+    assert len(build) == data["attack_size"] and len(score) == len(test) - len(test) // 2
+    plain = evaluate(model, score.images, score.labels, shipped, 10)["perturbed_top1"]
+    assert nat["train_strong_on_heldout_top1@32"] == pytest.approx(plain, abs=1e-6)
+    md = (tmp_path / "results.md").read_text()
+    assert "## Held-out protocol (ε = 32)" in md
+    assert "python -m uat_core.zoo heldout --dataset digits --only natural" in md
+    assert f"**{100 * nat['heldout_robust_top1@32']:.1f}**" in md
+    with pytest.raises(UATError, match="no digits model 'pgdx'"):
+        report.add_heldout("digits", None, tmp_path / "results.md", only=["pgdx"])

@@ -116,6 +116,20 @@ class ImageData:
         return ImageData(self.images[idx], self.labels[idx], list(self.classes), self.name,
                          self.split, self.source, self.mean, self.std)
 
+    def cut(self, n: int, seed: int = 0) -> tuple[ImageData, ImageData]:
+        """(the stratified subset :meth:`subset` picks, every other sample): two disjoint sets, each in the
+        original order (for example a test split cut in halves, one to build an attack on, one to score it)."""
+        if not isinstance(n, int) or not (1 <= n < len(self)):
+            raise UATError(f"a cut needs 1 to {len(self) - 1} samples on its first side, got {n!r}")
+        idx = _select_indices(self.labels, n, seed, True)                   # (n,) sorted
+        rest = torch.ones(len(self), dtype=torch.bool)
+        rest[idx] = False
+
+        def take(i):
+            return ImageData(self.images[i], self.labels[i], list(self.classes), self.name, self.split,
+                             self.source, self.mean, self.std)
+        return take(idx), take(rest.nonzero().flatten())
+
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0,
                 device: str | torch.device = "cpu", drop_last: bool = False
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

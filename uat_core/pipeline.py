@@ -69,3 +69,29 @@ def robustness_report(model, train, test, eps: float = 8.0, attack_size: int = 2
 def make_trainer(arch: str, train: ImageData, config: TrainConfig, device=None, seed: int | None = None, **kw):
     model = new_model(arch, train, config.seed if seed is None else seed)
     return Trainer(model, train, config, device=device, **kw)
+
+
+def heldout_report(model, test: ImageData, eps: float = 8.0, attack_size: int = 2000, train_delta=None,
+                   epochs: int = protocol.EPOCHS, seed: int = protocol.SEED, device=None, progress=False) -> dict:
+    """The held-out protocol (``protocol.heldout_sets``): the strong attack and the best fixed pattern built and
+    picked on images of one half of the test split, both scored on the other half, beside ``train_delta`` (the
+    δ the training-image protocol built, e.g. a zoo model's shipped one) scored on that same half. The model's
+    robustness under this protocol (``heldout_robust_top1``) is the lowest of them."""
+    from .attacks.bank import baseline_of
+    t0 = time.perf_counter()
+    build, score = protocol.heldout_sets(test, attack_size, seed)
+    res = protocol.attack_run(model, build, "strong", eps, epochs, seed, device).run(
+        progress=progress, desc="held-out attack (strong, test half A)")
+    fixed_name, fixed = baseline_of(res, model, build.float_images(), build.labels, eps / 255.0, seed=seed,
+                                    device=device)
+    deltas = [res.delta, fixed] + ([train_delta] if train_delta is not None else [])
+    got = evaluate_data(model, score, deltas, score.num_classes, device=device)
+    out = {"heldout_strong_top1": got[0]["perturbed_top1"], "heldout_fixed_top1": got[1]["perturbed_top1"],
+           "heldout_fixed_pattern": fixed_name, "heldout_start": res.config.get("start", "zero"),
+           "heldout_clean_top1": got[0]["clean_top1"], "heldout_attack_size": len(build),
+           "heldout_score_size": len(score), "heldout_seconds": time.perf_counter() - t0, "delta": res.delta}
+    if train_delta is not None:
+        out["train_strong_on_heldout_top1"] = got[2]["perturbed_top1"]
+    out["heldout_robust_top1"] = min(v for k, v in out.items() if k in ("heldout_strong_top1", "heldout_fixed_top1",
+                                                               "train_strong_on_heldout_top1"))
+    return out

@@ -13,6 +13,11 @@ the benchmark all take their settings from here::
     run = protocol.attack_run(model, attack_set, eps=8)          # the strong attack, protocol settings
     result = run.run()
     protocol.record("strong", 8, len(attack_set), result)         # what a manifest or metrics.json stores
+
+A model trained against fixed patterns on the very training images the attack is built on can flatter the
+training-image protocol: the attack then picks its δ on images the model has fitted. The **held-out**
+protocol (:func:`heldout_sets`) builds and selects δ on one stratified half of the test split and scores it on
+the other half; a model's robustness is the lower of the two figures on that second half.
 """
 from __future__ import annotations
 
@@ -53,3 +58,11 @@ def record(kind: str, eps: float, attack_size: int, result=None, epochs: int = E
     if result is not None:
         out["start"] = result.config.get("start", "zero")
     return {**out, **more}
+
+
+def heldout_sets(test: ImageData, attack_size: int = 2000, seed: int = SEED) -> tuple[ImageData, ImageData]:
+    """(attack images, scoring images) of the held-out protocol, both from the test split alone: the split is
+    cut into stratified halves; the attack is built on ``attack_size`` images of the first half (all of it
+    when smaller) and scored on the whole second half, which neither the model nor the attack has seen."""
+    build, score = test.cut(len(test) // 2, seed)
+    return build.subset(attack_size, seed), score

@@ -6,6 +6,7 @@ here, and the command and date are written into the file.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import platform
 import sys
 import time
@@ -162,6 +163,43 @@ def write_report(dataset: str, data_root: str | None, attack_size: int | None, o
     return data
 
 
+def add_heldout(dataset: str, data_root: str | None, out: Path, only: list[str] | None = None,
+                device: str | None = None) -> dict:
+    """Measure the held-out protocol (``pipeline.heldout_report``: the strong attack built on one half of the
+    test split and scored on the other, beside the shipped δ on that half) for the zoo models already in the
+    report ``out`` (its JSON twin), add the figures to its rows and write both files again. ``only``: these
+    models (by training algorithm). The other figures are kept as they are."""
+    from .device import pick_device
+    from .pipeline import heldout_report
+    from .zoo import list_models, load_zoo_model, load_zoo_perturbation
+    src = out.with_suffix(".json")
+    if not src.is_file():
+        raise UATError(f"no report at {src}: run python -m uat_core.zoo report --dataset {dataset} first")
+    data = json.loads(src.read_text())
+    entries = {e["algorithm"]: e for e in list_models(dataset)}
+    rows = [r for r in data["rows"] if only is None or r["algorithm"] in only]
+    unknown = [a for a in (only or []) if a not in {r["algorithm"] for r in data["rows"]}]
+    if unknown:
+        raise UATError(f"no {dataset} model '{unknown[0]}' in {src.name}: choose from "
+                       f"{', '.join(r['algorithm'] for r in data['rows'])}")
+    dev = pick_device(device)
+    test = load_dataset(dataset, "test", data_root, progress=False)
+    eps = data["eps"][0]
+    for r in rows:
+        e = entries[r["algorithm"]]
+        print(f"held-out protocol: {e['name']} at ε = {eps} ...", file=sys.stderr, flush=True)
+        model, _ = load_zoo_model(e["name"], device=dev)
+        h = heldout_report(model, test, eps, data["attack_size"], load_zoo_perturbation(e["name"]),
+                           data.get("attack_epochs", protocol.EPOCHS), device=dev)
+        h.pop("delta")
+        r.update({f"{k}@{eps}": v for k, v in h.items()})
+    data["heldout_command"] = f"python -m uat_core.zoo heldout --dataset {dataset}" + \
+        (f" --only {','.join(only)}" if only else "")
+    write_json(src, data)
+    atomic_bytes(out, render(data).encode())
+    return data
+
+
 def targets(d: dict) -> list[dict]:
     """The report's targets (robustness, ordering, the strong attack, the pool models), each with what the
     report measured and whether it is met (None: model missing)."""
@@ -298,6 +336,25 @@ def render(d: dict) -> str:
               "targets are relative).",
               "", "| target | measured | |", "|---|---|---|"]
         L += [f"| {t['target']} | {t['measured'] or '—'} | {mark[t['met']]} |" for t in d["targets"]]
+    e0 = eps[0]
+    held = [r for r in d["rows"] if r.get(f"heldout_robust_top1@{e0}") is not None]
+    if held:
+        r0 = held[0]
+        L += ["", f"## Held-out protocol (ε = {e0}): δ built and picked on test images the model never saw", "",
+              f"A model trained against fixed patterns on the training images can flatter the protocol above: the "
+              f"attack then picks its δ on images the model has fitted. Here the test split is cut into stratified "
+              f"halves; the strong attack and the best fixed pattern are built and picked on "
+              f"{r0[f'heldout_attack_size@{e0}']} images of the first half and scored on the "
+              f"{r0[f'heldout_score_size@{e0}']:,} images of the second, beside the δ built on training images "
+              f"(the table above) scored on the same half. **The model's robustness is the lowest of the three.** "
+              f"Made by `{d.get('heldout_command', 'python -m uat_core.zoo heldout')}`.", "",
+              "| model | clean (half B) | training-built strong δ | strong, built on half A | best fixed, picked on "
+              "half A | robustness (lowest) |", "|---|---:|---:|---:|---:|---:|"]
+        for r in held:
+            L.append(f"| {LABELS.get(r['algorithm'], r['algorithm'])} | {_p(r.get(f'heldout_clean_top1@{e0}'))} | "
+                     f"{_p(r.get(f'train_strong_on_heldout_top1@{e0}'))} | {_p(r.get(f'heldout_strong_top1@{e0}'))} "
+                     f"| {_p(r.get(f'heldout_fixed_top1@{e0}'))} (`{r.get(f'heldout_fixed_pattern@{e0}', '—')}`) | "
+                     f"**{_p(r.get(f'heldout_robust_top1@{e0}'))}** |")
     t = d["transfer"]
     L += ["", f"## Transfer (ε = {eps[0]})", "",
           "Accuracy (%) of the column's model under the strong universal perturbation made on the row's model.", "",

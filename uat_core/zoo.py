@@ -367,6 +367,15 @@ def main(argv=None) -> int:
     r.add_argument("--no-cache", action="store_true",
                    help="attack every model again instead of reusing perturbations saved in runs/report_cache "
                         "by an earlier report (they are keyed by model sha256, ε, attack size and epochs)")
+    h = sub.add_parser("heldout", help="the held-out protocol: δ built and picked on one half of the test split, "
+                                       "scored on the other, added to docs/results.md (+ .json)")
+    h.add_argument("--dataset", default="cifar10", help="digits | cifar10")
+    h.add_argument("--data-root", default=None, help="CIFAR-10 location (default $UAT_DATA)")
+    h.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU) | cpu | cuda | cuda:N")
+    h.add_argument("--out", default=str(ROOT / "docs" / "results.md"),
+                   help="the report to add the figures to (its .json twin is read and written again)")
+    h.add_argument("--only", default=None, help="comma-separated zoo models (by training algorithm), e.g. natural "
+                                                "(default: every model in the report)")
     f = sub.add_parser("refresh", help="recompute the fixed-slice figures of the manifest")
     f.add_argument("--dataset", default="digits", help="digits | cifar10")
     f.add_argument("--data-root", default=None, help="CIFAR-10 location (default $UAT_DATA)")
@@ -393,6 +402,10 @@ def main(argv=None) -> int:
             write_report(args.dataset, args.data_root, args.attack_size, Path(args.out), args.attack_epochs,
                          None if args.no_cache else ROOT / "runs" / "report_cache", device=args.device,
                          pgd_size=args.pgd_size, only=args.only.split(",") if args.only else None)
+        elif args.cmd == "heldout":
+            from .report import add_heldout
+            add_heldout(args.dataset, args.data_root, Path(args.out), args.only.split(",") if args.only else None,
+                        args.device)
         elif args.cmd == "refresh":
             refresh(args.dataset, args.data_root)
         elif args.cmd == "add-study":

@@ -103,3 +103,37 @@ def test_markdown_states_each_factors_effect_from_the_figures_and_lists_the_gpu_
     assert "56.6% under the strong attack" in doc and "## The finding\n\nLabel smoothing did it." in doc
     for row, (_, _, where, _) in study.ROWS.items():
         assert (study.command(row) in doc) == (where == "gpu" or row in ("base", "ls01"))
+
+
+def test_summary_words_follow_the_figures():
+    base = dict(fake("base", 0.42), epochs=10)
+    worse, better = fake("ls01", 0.30), fake("identity", 0.47)
+    harder_ref = {"recipe": "--epochs 40", "trained_on": "NVIDIA H200", "clean_top1": 0.876, "strong_top1": 0.566}
+    text = study.summary([base, worse, better], harder_ref)
+    assert "keeps only 42.0%" in text and "trained for 10 epochs" in text
+    assert "`ls01` (label smoothing: 0.1) made it most vulnerable (30.0%, -12.0 points)" in text
+    assert "`identity`" in text and "least (47.0%, +5.0 points)" in text
+    assert "the *harder* one to fool" in text
+    easier_ref = dict(harder_ref, strong_top1=0.40)
+    assert "no harder to fool than the base" in study.summary([base], easier_ref)
+    flat = study.summary([base, fake("ls02", 0.425)], None)
+    assert "None of the single changes tried made it more vulnerable" in flat
+    assert study.summary([worse], None) == ""                                   # no base row: nothing to say
+
+
+def test_the_report_renders_the_study_section_without_attacking(tmp_path, monkeypatch):
+    from uat_core import report
+    src = ROOT / "docs" / "results.json"
+    if not src.is_file():
+        pytest.skip("no CIFAR-10 report in docs/")
+    (tmp_path / "results.json").write_text(src.read_text())
+    rows = [dict(fake("base", 0.42), epochs=10), fake("ls01", 0.30)]
+    monkeypatch.setattr(study, "load_results", lambda folder=None: rows)
+
+    def refuse(*a, **k):
+        raise AssertionError("render-only must not attack")
+    monkeypatch.setattr(report.protocol, "attack_run", refuse)
+    report.rerender(tmp_path / "results.md")
+    md = (tmp_path / "results.md").read_text()
+    assert "## What makes a natural model vulnerable (the study)" in md
+    assert study.table(rows).splitlines()[2] in md and "keeps only 42.0%" in md

@@ -159,7 +159,7 @@ def write_report(dataset: str, data_root: str | None, attack_size: int | None, o
                         else f"{platform.machine()} CPU, {torch.get_num_threads()} threads")}
     data["targets"] = targets(data) if dataset == "cifar10" else []
     write_json(out.with_suffix(".json"), data)
-    atomic_bytes(out, render(data).encode())
+    atomic_bytes(out, render(data, _study_rows(dataset)).encode())
     return data
 
 
@@ -196,7 +196,25 @@ def add_heldout(dataset: str, data_root: str | None, out: Path, only: list[str] 
     data["heldout_command"] = f"python -m uat_core.zoo heldout --dataset {dataset}" + \
         (f" --only {','.join(only)}" if only else "")
     write_json(src, data)
-    atomic_bytes(out, render(data).encode())
+    atomic_bytes(out, render(data, _study_rows(dataset)).encode())
+    return data
+
+
+def _study_rows(dataset: str) -> list[dict] | None:
+    """The vulnerability study's rows for the CIFAR-10 report (None for other datasets)."""
+    if dataset != "cifar10":
+        return None
+    from .study import load_results
+    return load_results() or None
+
+
+def rerender(out: Path) -> dict:
+    """Write ``out`` again from its JSON twin, with no attack (after a change to the text or new study rows)."""
+    src = out.with_suffix(".json")
+    if not src.is_file():
+        raise UATError(f"no report at {src}: run python -m uat_core.zoo report first")
+    data = json.loads(src.read_text())
+    atomic_bytes(out, render(data, _study_rows(data["dataset"])).encode())
     return data
 
 
@@ -279,7 +297,9 @@ def _p(v):
     return "—" if v is None else f"{100 * v:.1f}"
 
 
-def render(d: dict) -> str:
+def render(d: dict, study_rows: list[dict] | None = None) -> str:
+    """docs/results.md from its JSON twin ``d``; ``study_rows``: the vulnerability study's measured rows
+    (``uat_core.study.load_results``), summarised in a section of their own."""
     eps = d["eps"]
     arch = "ResNet-20" if d["dataset"] == "cifar10" else "small CNN"
     epochs = d.get("attack_epochs", protocol.EPOCHS)
@@ -355,6 +375,13 @@ def render(d: dict) -> str:
                      f"{_p(r.get(f'train_strong_on_heldout_top1@{e0}'))} | {_p(r.get(f'heldout_strong_top1@{e0}'))} "
                      f"| {_p(r.get(f'heldout_fixed_top1@{e0}'))} (`{r.get(f'heldout_fixed_pattern@{e0}', '—')}`) | "
                      f"**{_p(r.get(f'heldout_robust_top1@{e0}'))}** |")
+    if study_rows:
+        from .study import reference_from, summary, table
+        L += ["", "## What makes a natural model vulnerable (the study)", "",
+              summary(study_rows, reference_from(d)), "",
+              "CIFAR-10 classifiers that differ from one base recipe in one factor, each measured with the protocol "
+              "above at ε = 8 (top-1 %; commands, machines and the GPU rows in [study.md](study.md)):", "",
+              table(study_rows).rstrip()]
     t = d["transfer"]
     L += ["", f"## Transfer (ε = {eps[0]})", "",
           "Accuracy (%) of the column's model under the strong universal perturbation made on the row's model.", "",

@@ -164,10 +164,13 @@ def zoo_reference(results_json: Path | None = None) -> dict | None:
     """The zoo's natural CIFAR-10 model in the study's terms, from docs/results.json (the same protocol at ε = 8),
     or None where the report has no such row."""
     path = results_json or ROOT / "docs" / "results.json"
-    if not path.is_file():
-        return None
-    rows = [r for r in json.loads(path.read_text())["rows"] if r["algorithm"] == "natural"]
-    if not rows:
+    return reference_from(json.loads(path.read_text())) if path.is_file() else None
+
+
+def reference_from(report: dict) -> dict | None:
+    """:func:`zoo_reference` of a report's data (``report.write_report``'s JSON)."""
+    rows = [r for r in report["rows"] if r["algorithm"] == "natural"]
+    if not rows or f"robust_top1@{EPS}" not in rows[0]:
         return None
     r = rows[0]
     return {"row": "zoo natural", "recipe": r["recipe"], "trained_on": r["trained_on"],
@@ -243,3 +246,48 @@ def markdown(results: list[dict], finding: str = "", reference: dict | None = No
         lines += [f"- `{r['row']}` ({r['train_seconds'] / 60:.0f} min of training, {r['measure_seconds'] / 60:.0f} "
                   f"min of measurement on {r['machine']}): `{r['command']}`"]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def summary(results: list[dict], reference: dict | None = None) -> str:
+    """The study's finding in a few sentences a student can follow, every figure from ``results`` (and the zoo's
+    natural model, ``reference``); an empty string without a base row."""
+    base = next((r for r in results if r["row"] == "base"), None)
+    if base is None:
+        return ""
+
+    def pct(v):
+        return f"{100 * v:.1f}%"
+    others = [r for r in results if r["row"] != "base"]
+    parts = [f"A ResNet-20 trained for {base['epochs']} epochs on a CPU (the `base` row) is right on "
+             f"{pct(base['clean_top1'])} "
+             f"of the test images and keeps only {pct(base['strong_top1'])} once one pattern is added to all of them "
+             f"(ε = 8)."]
+    if reference:
+        harder = reference["strong_top1"] > base["strong_top1"] + 0.01
+        parts.append(f"The zoo's natural model has the same architecture and a longer recipe (`{reference['recipe']}`, "
+                     f"on {reference['trained_on']}): it is right on {pct(reference['clean_top1'])} and keeps "
+                     f"{pct(reference['strong_top1'])} under the same attack, "
+                     + ("so the longer-trained, more accurate model is the *harder* one to fool. That comparison "
+                        "changes epochs, batch and learning rate at once: a hint, not a controlled result (the "
+                        "`e30` row changes the length alone)." if harder else
+                        "no harder to fool than the base."))
+    if others:
+        worst = min(others, key=lambda r: r["strong_top1"])
+        best = max(others, key=lambda r: r["strong_top1"])
+        d_worst = 100 * (worst["strong_top1"] - base["strong_top1"])
+        d_best = 100 * (best["strong_top1"] - base["strong_top1"])
+        if d_worst < -1:
+            parts.append(f"Of the single changes tried, `{worst['row']}` ({worst['factor']}: {worst['change']}) made "
+                         f"it most vulnerable ({pct(worst['strong_top1'])}, {d_worst:+.1f} points)"
+                         + (f", and `{best['row']}` ({best['factor']}: {best['change']}) least "
+                            f"({pct(best['strong_top1'])}, {d_best:+.1f} points)." if d_best > 1 else "."))
+        else:
+            parts.append(f"None of the single changes tried made it more vulnerable than the base by more than a "
+                         f"point; `{best['row']}` ({best['factor']}: {best['change']}) made it least "
+                         f"({pct(best['strong_top1'])}, {d_best:+.1f} points).")
+    close = [r for r in results if r["fixed_top1"] - r["strong_top1"] <= 0.01]
+    parts.append(f"In {len(close)} of the {len(results)} rows the best *fixed* stripe or checkerboard, which needs no "
+                 "optimisation at all, is within a point of the strong attack"
+                 + (": what fools these models is mostly a simple periodic pattern, and how much of it a model "
+                    "tolerates depends on how it was trained." if 2 * len(close) >= len(results) else "."))
+    return " ".join(parts)

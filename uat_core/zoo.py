@@ -364,6 +364,9 @@ def main(argv=None) -> int:
                    help="the Markdown file to write (a .json twin is written beside it; both are replaced)")
     r.add_argument("--only", default=None, help="comma-separated zoo models (by training algorithm) to report on, "
                                                 "e.g. natural,uat,lowcost (default: all)")
+    r.add_argument("--render-only", action="store_true",
+                   help="write --out again from its .json twin without attacking anything (after new study rows "
+                        "or a change to the report's text)")
     r.add_argument("--no-cache", action="store_true",
                    help="attack every model again instead of reusing perturbations saved in runs/report_cache "
                         "by an earlier report (they are keyed by model sha256, ε, attack size and epochs)")
@@ -397,6 +400,9 @@ def main(argv=None) -> int:
             if args.dataset not in RECIPES:
                 raise UATError(f"unknown zoo dataset '{args.dataset}': choose digits or cifar10")
             build(args.dataset, args.only.split(",") if args.only else None, args.data_root, device=args.device)
+        elif args.cmd == "report" and args.render_only:
+            from .report import rerender
+            rerender(Path(args.out))
         elif args.cmd == "report":
             from .report import write_report
             write_report(args.dataset, args.data_root, args.attack_size, Path(args.out), args.attack_epochs,

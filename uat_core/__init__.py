@@ -10,17 +10,23 @@ Modules, one idea each:
     evaluation    top-1/top-5, fooling ratio, per-class accuracy
     data          CIFAR-10, scikit-learn digits, any image folder, as uint8 tensors in memory
     stream        image folders too large for memory, read from disk by DataLoader worker processes
-    models        SmallCNN, ResNet-20, WRN-32-10, torchvision classifiers, behind a normalizing wrapper
+    download      CIFAR-10 fetched for the app (progress callback, MD5, atomic), as the CLI does
+    distributed   torchrun helpers: shards, summed gradients and counts across processes
+    models        SmallCNN, the CIFAR ResNet family (resnet<6n+2>[_w<k>][_id]), Wide ResNets (wrn<d>_<k>, the
+                  paper's wrn32_10), torchvision classifiers, behind a normalizing wrapper
     checkpoint    weights + metadata, loaded with weights_only=True
     export        δ as .pt/.npy/.png/.gif and image grids
     plots         plotly figures shared by the app and the notebooks
     events        the progress-event stream every long run speaks
-    pipeline      recipes shared by the CLI, the app and the notebooks (make_attack, robustness_report)
+    protocol      how every robustness figure is measured (attack settings; the held-out halves of the test split)
+    pipeline      recipes shared by the CLI, the app and the notebooks (make_attack, robustness_report,
+                  heldout_report)
     experiments   the paper's experiments, once, as generators the app, the notebooks and the precompute
                   script all drive (attack, bank, β and data-size sweeps, optimizer race, iDeepFool vs Alg. 2,
                   train-then-attack, transfer)
     cli           python -m uat_core / the `uat` command: train, attack, eval, zoo
-    zoo           the shipped models and their perturbations
+    study         the vulnerability study: CIFAR-10 rows that differ in one factor, measured by the protocol
+    zoo           the shipped models and their perturbations (and the study's, in a group of their own)
     report        docs/results.md: every zoo model under every attack
 """
 from .attacks import (AttackConfig, IDeepFool, IDFConfig, StrongConfig, StrongUniversalAttack, UniversalAttack,

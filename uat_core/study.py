@@ -221,6 +221,9 @@ def markdown(results: list[dict], finding: str = "", reference: dict | None = No
         "## The table (top-1 %, lower is more vulnerable)",
         "",
         table(results).rstrip(),
+        "",
+        "*train time* is wall-clock as measured, often with two rows training side by side (one thread each) beside "
+        "other work on the same two cores: compare it only roughly.",
     ]
     if reference:
         lines += ["", f"For reference, on the same protocol: the zoo's natural model (`{reference['recipe']}`, "
@@ -285,6 +288,8 @@ def summary(results: list[dict], reference: dict | None = None) -> str:
             parts.append(f"None of the single changes tried made it more vulnerable than the base by more than a "
                          f"point; `{best['row']}` ({best['factor']}: {best['change']}) made it least "
                          f"({pct(best['strong_top1'])}, {d_best:+.1f} points).")
+    parts.append("Each row is one training run (seed 0), so a difference of a point or two may be the seed's, not "
+                 "the factor's.")
     close = [r for r in results if r["fixed_top1"] - r["strong_top1"] <= 0.01]
     parts.append(f"In {len(close)} of the {len(results)} rows the best *fixed* stripe or checkerboard, which needs no "
                  "optimisation at all, is within a point of the strong attack"

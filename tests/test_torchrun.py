@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,11 +37,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+ABORT = "terminate called without an active exception"
+
+
 def torchrun(n: int, *argv) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=n -m uat_core argv`` on the CPU (gloo).
+
+    Seen once in a full parallel test run on 2 busy cores (not reproduced alone, 3 of 3 passed): a rank of a
+    streamed ``train`` aborted in C++ ("terminate called without an active exception", exit -6). Not yet
+    understood (issue 24's closing note); until it is, that one signature is run again once, into a fresh --out.
+    Any other failure, or the same abort twice, fails the test."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "UAT_DIST_TIMEOUT": "120"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}",
-                           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "uat_core",
-                           *[str(a) for a in argv]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    for attempt in range(2):
+        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}",
+                            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "uat_core",
+                            *[str(a) for a in argv]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        if p.returncode == 0 or ABORT not in p.stderr or attempt:
+            return p
+        out = Path(str(argv[list(map(str, argv)).index("--out") + 1])) if "--out" in map(str, argv) else None
+        if out is not None and out.exists():
+            shutil.rmtree(out)
+    return p
 
 
 def same_run(one: Path, two: Path, atol: float = 1e-6) -> dict:

@@ -82,7 +82,7 @@ def train(row: str, threads: int) -> Path:
     if (out / "model.pt").is_file() and (out / "metrics.json").is_file():
         return out
     argv = [sys.executable, "-m", "uat_core", "train", "--dataset", "cifar10", "--eps", str(EPS), "--seed", "0",
-            "--no-report", *ROWS[row][3], "--out", str(out)]
+            "--no-report", *ROWS[row][3], "--out", f"runs/study/{row}"]   # relative: no machine path recorded
     if (out / "checkpoint.pt").is_file():
         argv.append("--resume")
     elif out.exists():

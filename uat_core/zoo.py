@@ -261,7 +261,7 @@ def add_study_model(row: str, data_root: str | None = None, device: str | None =
     its perturbation made by the strong attack as for every zoo model. Returns its name."""
     from .checkpoint import load_checkpoint
     from .device import pick_device
-    from .study import ROWS, RUNS as STUDY_RUNS
+    from .study import ROWS, RUNS as STUDY_RUNS, command
     if row not in ROWS:
         raise UATError(f"unknown study row '{row}': choose {', '.join(ROWS)}")
     run = STUDY_RUNS / row
@@ -282,7 +282,7 @@ def add_study_model(row: str, data_root: str | None = None, device: str | None =
         "label_smoothing": meta["training"].get("label_smoothing", 0.0),
         "epochs": metrics["epochs"], "train_size": metrics["train_size"], "clean_top1": metrics["clean_top1"],
         "train_seconds": round(metrics["seconds"], 1), "passes": metrics.get("passes"),
-        "command": (meta["training"].get("command") or "").replace(str(ROOT) + os.sep, ""),
+        "command": command(row),            # the study's command, whatever folder the run was made in
         "device": "cpu", "built": _dt.date.today().isoformat(),
     }
     write_manifest(man)

@@ -29,7 +29,8 @@ PAGES = ["home", "attack_lab", "beta_clipping", "optimizer_race", "uat_training"
 TITLES = {"home": "UAT Lab", "attack_lab": "Universal attack lab", "beta_clipping": "β clipping",
           "optimizer_race": "Optimizer race", "uat_training": "Universal adversarial training",
           "idf_vs_alg2": "iDeepFool vs Alg. 2", "data_size": "How much data", "transfer": "Transfer",
-          "starting_points": "Why starting points matter", "vulnerability": "What makes a classifier fall to one pattern?"}
+          "starting_points": "Why starting points matter",
+          "vulnerability": "What makes a classifier fall to one pattern?"}
 
 pytestmark = pytest.mark.slow
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")

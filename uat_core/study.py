@@ -59,6 +59,9 @@ ROWS: dict[str, tuple[str, str, str, list[str]]] = {
     "wd0": ("weight decay", "0 instead of 5e-4", "cpu", _with(weight_decay=0)),
     "e30": ("training length", "30 epochs instead of 10", "cpu", _with(epochs=30)),
     "bs64": ("batch size", "64 (lr 0.05) instead of 256 (lr 0.2)", "cpu", _with(batch_size=64, lr=0.05)),
+    # label smoothing at a longer recipe: does the most vulnerable change stay so when trained 3× longer?
+    "ls01_e30": ("label smoothing + length", "0.1, and 30 epochs instead of 10", "cpu",
+                 _with(label_smoothing=0.1, epochs=30)),
     "step": ("schedule", "step (÷10 at 50%, 75%), lr 0.1, instead of one-cycle", "cpu", _with(schedule="step", lr=0.1)),
     # capacity and training to convergence: GPU rows (the paper's model is the last one)
     "w4_e100": ("capacity + length", "ResNet-20 ×4 wide (4.3 M), 100 epochs", "gpu",

@@ -208,10 +208,9 @@ def arch_name(base: str, width: int = 1, shortcut: str = "projection") -> str:
         raise UATError(f"--width must be at least 1, got {width}")
     if shortcut not in ("projection", "identity"):
         raise UATError(f"unknown shortcut '{shortcut}': choose projection or identity")
-    if width == 1 and shortcut == "projection":
-        parse_arch(base)
-        return base
     spec = parse_arch(base)
+    if width == 1 and shortcut == "projection":
+        return base
     if spec["family"] != "resnet":
         raise UATError(f"--width and --shortcut apply to the resnet family, not '{base}'")
     width *= spec["width"]

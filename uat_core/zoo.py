@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from . import study
 from .errors import UATError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -261,10 +262,9 @@ def add_study_model(row: str, data_root: str | None = None, device: str | None =
     its perturbation made by the strong attack as for every zoo model. Returns its name."""
     from .checkpoint import load_checkpoint
     from .device import pick_device
-    from .study import ROWS, RUNS as STUDY_RUNS, command
-    if row not in ROWS:
-        raise UATError(f"unknown study row '{row}': choose {', '.join(ROWS)}")
-    run = STUDY_RUNS / row
+    if row not in study.ROWS:
+        raise UATError(f"unknown study row '{row}': choose {', '.join(study.ROWS)}")
+    run = study.RUNS / row
     if not (run / "model.pt").is_file() or not (run / "metrics.json").is_file():
         raise UATError(f"study row '{row}' is not trained yet: run python bench/vulnerability_study.py --rows {row}")
     dev = pick_device(device)
@@ -277,12 +277,13 @@ def add_study_model(row: str, data_root: str | None = None, device: str | None =
     man = read_manifest()
     man["models"][name] = {
         "file": dst.name, "sha256": sha256(dst), "arch": meta["arch"], "dataset": "cifar10", "group": "study",
-        "algorithm": "natural", "study_row": row, "study_factor": ROWS[row][0], "study_change": ROWS[row][1],
+        "algorithm": "natural", "study_row": row,
+        "study_factor": study.ROWS[row][0], "study_change": study.ROWS[row][1],
         "trained_with": "natural", "eps": RECIPES["cifar10"]["eps"],
         "label_smoothing": meta["training"].get("label_smoothing", 0.0),
         "epochs": metrics["epochs"], "train_size": metrics["train_size"], "clean_top1": metrics["clean_top1"],
         "train_seconds": round(metrics["seconds"], 1), "passes": metrics.get("passes"),
-        "command": command(row),            # the study's command, whatever folder the run was made in
+        "command": study.command(row),      # the study's command, whatever folder the run was made in
         "device": "cpu", "built": _dt.date.today().isoformat(),
     }
     write_manifest(man)

@@ -63,7 +63,8 @@ mods = [m.name for p in (uat_core, webapp) for m in pkgutil.walk_packages(p.__pa
         if not m.name.endswith(".__main__")]
 for m in mods:
     importlib.import_module(m)
-from uat_core import notebook, plots, experiments
+from uat_core import notebook, plots
+from uat_core.recipes import experiments
 import plotly.graph_objects as go
 w = go.FigureWidget(go.Figure(go.Scatter(y=[1, 2])))
 assert len(w.data) == 1

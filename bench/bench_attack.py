@@ -35,16 +35,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from uat_core.attacks import AttackConfig, IDeepFool, IDFConfig, UniversalAttack  # noqa: E402
-from uat_core.constraints import apply  # noqa: E402
-from uat_core.data import load_dataset  # noqa: E402
-from uat_core.errors import UATError  # noqa: E402
-from uat_core.evaluation import evaluate  # noqa: E402
-from uat_core.models import frozen  # noqa: E402
+from uat_core.engine.attacks import AttackConfig, IDeepFool, IDFConfig, UniversalAttack
+from uat_core.engine.constraints import apply
+from uat_core.engine.data import load_dataset
+from uat_core.engine.errors import UATError
+from uat_core.engine.evaluation import evaluate
+from uat_core.engine.models import frozen
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,7 +55,7 @@ def load_model(device, checkpoint: str | None = None) -> tuple[torch.nn.Module, 
     Returns (model, a description for the report)."""
     from uat_core import zoo
     if checkpoint:
-        from uat_core.checkpoint import load_checkpoint
+        from uat_core.engine.checkpoint import load_checkpoint
         model, meta = load_checkpoint(checkpoint, {"num_classes": 10, "shape": (3, 32, 32)}, device)
         return model, f"{meta['arch']} from {checkpoint}"
     entry = next((e for e in zoo.list_models("cifar10") if e["name"] == "cifar10_resnet20_natural"), None)
@@ -64,8 +63,8 @@ def load_model(device, checkpoint: str | None = None) -> tuple[torch.nn.Module, 
         model, _ = zoo.load_zoo_model(entry["name"], device=device)
         clean = entry.get("clean_top1")
         return model, "zoo cifar10_resnet20_natural" + (f" ({100 * clean:.1f}% clean)" if clean else "")
-    from uat_core.data import dataset_info
-    from uat_core.models import build_model
+    from uat_core.engine.data import dataset_info
+    from uat_core.engine.models import build_model
     info = dataset_info("cifar10")
     torch.manual_seed(0)
     model = build_model("resnet20", 10, 3, info["mean"], info["std"]).to(device).eval()

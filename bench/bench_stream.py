@@ -54,8 +54,6 @@ import torch
 from bench_attack import machine          # the same machine line as the other benchmarks (bench/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 MEMORY_TARGET_GB = 2.0
 THROUGHPUT_TARGET = 0.9
@@ -204,9 +202,9 @@ def run_measured(cmd: list[str], env: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def make_checkpoint(args, folder: Path, where: Path) -> Path:
-    from uat_core.checkpoint import model_meta, save_checkpoint
-    from uat_core.data import dataset_info
-    from uat_core.models import build_model
+    from uat_core.engine.checkpoint import model_meta, save_checkpoint
+    from uat_core.engine.data import dataset_info
+    from uat_core.engine.models import build_model
     info = dataset_info(f"imagefolder:{folder}", args.image_size)
     torch.manual_seed(0)
     model = build_model(args.model, info["num_classes"], 3, info["mean"], info["std"])
@@ -241,11 +239,11 @@ def part_memory(args, folder: Path, ckpt: Path, runs: Path) -> list[dict]:
 def part_throughput(args, folder: Path) -> dict:
     from torch.utils.data import DataLoader, Dataset
 
-    from uat_core.data import _decode_file, _fit
-    from uat_core.evaluation import evaluate_stream
-    from uat_core.stream import EVAL_BATCH, _preload, default_workers, open_split
-    from uat_core.models import build_model
-    from uat_core.data import dataset_info
+    from uat_core.engine.data import decode_file, fit_image
+    from uat_core.engine.evaluation import evaluate_stream
+    from uat_core.engine.stream import EVAL_BATCH, _preload, default_workers, open_split
+    from uat_core.engine.models import build_model
+    from uat_core.engine.data import dataset_info
 
     S = args.image_size
     workers = default_workers() if args.workers is None else args.workers
@@ -262,7 +260,7 @@ def part_throughput(args, folder: Path) -> dict:
             return len(files)
 
         def __getitem__(self, i):
-            return _fit(_decode_file(files[i]), S), labels[i]
+            return fit_image(decode_file(files[i]), S), labels[i]
 
     def bare() -> int:
         n = 0

@@ -28,15 +28,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from uat_core import protocol  # noqa: E402
-from uat_core.attacks import IDeepFool, IDFConfig  # noqa: E402
-from uat_core.data import load_dataset  # noqa: E402
-from uat_core.errors import UATError  # noqa: E402
-from uat_core.evaluation import predict  # noqa: E402
+from uat_core.recipes import protocol
+from uat_core.engine.attacks import IDeepFool, IDFConfig
+from uat_core.engine.data import load_dataset
+from uat_core.engine.errors import UATError
+from uat_core.engine.evaluation import predict
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def top1(model, test, delta) -> float:

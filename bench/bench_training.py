@@ -35,15 +35,24 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from uat_core.data import load_dataset  # noqa: E402
-from uat_core.device import pick_device  # noqa: E402
-from uat_core.errors import UATError  # noqa: E402
-from uat_core.pipeline import new_model  # noqa: E402
-from uat_core.training import ALGORITHMS, VARIANTS, Trainer, default_config_for, resolve_variant  # noqa: E402
+from uat_core.engine.data import load_dataset
+from uat_core.engine.device import pick_device
+from uat_core.engine.errors import UATError
+from uat_core.recipes.pipeline import new_model
+from uat_core.engine.training import ALGORITHMS, Trainer
+from uat_core.recipes.profiles import ALGORITHMS as NAMED
+from uat_core.recipes.profiles import train_defaults
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# the named variants measured against their plain algorithm: the pool of δs (profiles.ALGORITHMS)
+VARIANTS = {a: (v.trains_as, v.overrides) for a, v in NAMED.items() if v.overrides.get("delta_pool", 1) > 1}
+
+
+def resolve_variant(name: str) -> tuple[str, dict]:
+    """(TrainConfig algorithm, overrides) of an algorithm or a named variant such as "uat_pool"."""
+    return VARIANTS.get(name, (name, {}))
 
 TARGETS = {"natural": 1.0, "lowcost": 1.05, "uat": 1.9}
 PAPER = {"natural": "1×", "lowcost": "≈1×", "uat": "≈2×", "fgsm": "≈2×", "pgd": "K+1×", "uat_pool": "-",
@@ -74,7 +83,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 def make_trainer(algo: str, args, train, device) -> Trainer:
     base, extra = resolve_variant(algo)
-    cfg = default_config_for(args.dataset, args.model, algorithm=base, epochs=args.epochs, **extra,
+    cfg = train_defaults(args.dataset, algorithm=base, epochs=args.epochs, **extra,
                              batch_size=args.batch_size, eps=args.eps, pgd_steps=args.pgd_steps,
                              track_every=args.track_every, snapshot_every=0, seed=0, amp=args.amp,
                              channels_last=args.channels_last)

@@ -35,15 +35,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from uat_core.attacks.bank import pattern_bank, score_bank  # noqa: E402
-from uat_core.attacks.universal import AttackConfig, UniversalAttack  # noqa: E402
-from uat_core.data import load_dataset  # noqa: E402
-from uat_core.errors import UATError  # noqa: E402
-from uat_core.evaluation import predict  # noqa: E402
+from uat_core.engine.attacks.bank import pattern_bank, score_bank
+from uat_core.engine.attacks.universal import AttackConfig, UniversalAttack
+from uat_core.engine.data import load_dataset
+from uat_core.engine.errors import UATError
+from uat_core.engine.evaluation import predict
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PROBES = ("frequencies", "channel-mix", "refine", "classes", "oracle")
 
@@ -77,7 +76,7 @@ def best_bank(model, bank, x, y, probe_idx, keep: int = 8) -> tuple[int, float, 
 def oracle(model, train, test, eps: float, betas: list[float], epochs: int) -> list[str]:
     """The oracle probe's markdown lines: the strong attack built on the attack images, the same attack built
     on the test images, and that δ refined further on the test images at each β (all scored on the test images)."""
-    from uat_core import protocol
+    from uat_core.recipes import protocol
     rows = []
 
     def row(what: str, built_on: str, d: torch.Tensor, sec: float) -> None:

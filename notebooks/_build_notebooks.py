@@ -63,8 +63,10 @@ import plotly.graph_objects as go
 import torch
 from IPython.display import Image, Markdown, display
 
-from uat_core import experiments, export, notebook, plots, zoo
-from uat_core.evaluation import evaluate, predict
+from uat_core.recipes import experiments
+from uat_core.engine import export
+from uat_core import notebook, plots, zoo
+from uat_core.engine.evaluation import evaluate, predict
 {imports}
 # CIFAR-10 when its images ($UAT_DATA) and the zoo models below are both here, else scikit-learn's 8x8 digits
 # upsampled to 32x32 (bundled, offline, instant); UAT_FAST=1 (the tests) always uses digits.

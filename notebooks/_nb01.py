@@ -34,11 +34,11 @@ def cells():
             TRAIN_SIZE, TEST_SIZE, EPOCHS = 1297, 500, 5        # all digits: seconds per attack
         """, imports="""
         import torch.nn.functional as F
-        from uat_core.attacks import OPTIMIZERS, AttackConfig, UniversalAttack
-        from uat_core.constraints import apply, project
-        from uat_core.losses import clipped_cross_entropy
-        from uat_core.models import frozen
-        from uat_core.pipeline import make_attack
+        from uat_core.engine.attacks import OPTIMIZERS, AttackConfig, UniversalAttack
+        from uat_core.engine.constraints import apply, project
+        from uat_core.engine.losses import clipped_cross_entropy
+        from uat_core.engine.models import frozen
+        from uat_core.recipes.pipeline import make_attack
         """),
 
         md(r"""
@@ -186,7 +186,7 @@ def cells():
         ($\beta_1 = 0.9$, $\beta_2 = 0.999$ are ADAM's own constants, not the clipping $\beta$; $\hat m, \hat v$
         are bias-corrected.) The sign and ADAM steps move every pixel by about $\tau$ whatever the scale of $g$;
         SGD's step scales with $g$, which is tiny for a mean loss, so its $\tau$ is a much larger number. Each
-        optimizer uses the engine's default step size (`uat_core.attacks.DEFAULT_STEP`, chosen on this
+        optimizer uses the engine's default step size (`uat_core.engine.attacks.DEFAULT_STEP`, chosen on this
         project's digits models): the race compares these **settings**, not the optimizers in the abstract.
         """),
         code(r"""
@@ -292,7 +292,7 @@ def cells():
         choosing on the test images would be cheating.
         """),
         code(r"""
-        from uat_core.attacks import StrongConfig, StrongUniversalAttack, pattern_bank, score_bank
+        from uat_core.engine.attacks import StrongConfig, StrongUniversalAttack, pattern_bank, score_bank
 
         t0 = time.perf_counter()
         bank = pattern_bank(train.shape, EPS / 255)                            # (M,C,H,W) at the vertices of the ball
@@ -359,7 +359,7 @@ def cells():
         images, scored on all 10,000 test images). Its results ship in `docs/study/`:
         """),
         code(r"""
-        from uat_core import study
+        from uat_core.recipes import study
 
         rows = study.load_results()                      # base first, then the most vulnerable rows
         if rows:

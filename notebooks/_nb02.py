@@ -32,11 +32,11 @@ def cells():
             TRAIN_SIZE, TEST_SIZE, ATTACK_SIZE, EPOCHS = 1297, 500, 500, 5
             BETAS, REPEATS, SIZES, SIZE_REPEATS, STEPS = (1, 3, 5, 9, 15, math.inf), 2, (25, 50, 100, 250, 500, 1000), 2, 30
         """, imports="""
-        from uat_core.attacks import OPTIMIZERS
-        from uat_core.constraints import apply
-        from uat_core.losses import clipped_cross_entropy
-        from uat_core.models import frozen
-        from uat_core.pipeline import make_attack
+        from uat_core.engine.attacks import OPTIMIZERS
+        from uat_core.engine.constraints import apply
+        from uat_core.engine.losses import clipped_cross_entropy
+        from uat_core.engine.models import frozen
+        from uat_core.recipes.pipeline import make_attack
         """),
 
         md(r"""

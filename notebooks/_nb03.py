@@ -28,9 +28,9 @@ def cells():
             TRAIN_SIZE, TEST_SIZE, TRAIN_EPOCHS, ATTACK_SIZE, ATTACK_EPOCHS = 1297, 500, 8, 1297, 5
         """, imports="""
         import torch.nn.functional as F
-        from uat_core.models import frozen
-        from uat_core.pipeline import make_attack, make_trainer, robustness_report
-        from uat_core.training import default_config_for
+        from uat_core.engine.models import frozen
+        from uat_core.recipes.pipeline import make_attack, make_trainer, robustness_report
+        from uat_core.recipes.profiles import train_config
         """, needs=("natural", "uat")),
 
         md(r"""
@@ -77,7 +77,7 @@ def cells():
         """),
         code(r"""
         ARCH = MANIFEST[ZOO["natural"]]["arch"]
-        cfg = default_config_for(DATASET, ARCH, algorithm="uat", eps=EPS, epochs=TRAIN_EPOCHS, track_every=2,
+        cfg = train_config(DATASET, "uat", eps=EPS, epochs=TRAIN_EPOCHS, track_every=2,
                                  snapshot_every=5, seed=0)
         if USE_CIFAR:
             cfg.schedule, cfg.lr = "onecycle", 0.2                  # the zoo's CIFAR-10 recipe
@@ -234,7 +234,7 @@ abla_\delta$ that belong to its images). Each member then takes the usual sign s
         t0 = time.perf_counter()
         pool_rows = []
         for label, extra in (("uat", {}), ("uat_pool", {"delta_pool": 4})):
-            c = default_config_for(DATASET, ARCH, algorithm="uat", eps=EPS, epochs=TRAIN_EPOCHS, track_every=0,
+            c = train_config(DATASET, "uat", eps=EPS, epochs=TRAIN_EPOCHS, track_every=0,
                                    snapshot_every=0, seed=0, **extra)
             if USE_CIFAR:
                 c.schedule, c.lr = "onecycle", 0.2

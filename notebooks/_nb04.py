@@ -26,10 +26,10 @@ def cells():
             TRAIN_SIZE, TEST_SIZE, ROUNDS, ATTACK_SIZE, ATTACK_EPOCHS = 1297, 500, 3, 1297, 5
         """, imports="""
         import torch.nn.functional as F
-        from uat_core.constraints import apply, project
-        from uat_core.models import frozen
-        from uat_core.pipeline import make_trainer, new_model, robustness_report
-        from uat_core.training import default_config_for
+        from uat_core.engine.constraints import apply, project
+        from uat_core.engine.models import frozen
+        from uat_core.recipes.pipeline import make_trainer, new_model, robustness_report
+        from uat_core.recipes.profiles import train_config
         """, needs=("natural", "lowcost", "uat")),
 
         md(r"""
@@ -96,7 +96,7 @@ def cells():
         ALGOS = ["natural", "lowcost", "uat"] + ([] if FAST else ["fgsm", "pgd"])
 
         def train_for_timing(algo: str, epochs: int):
-            cfg = default_config_for(DATASET, ARCH, algorithm=algo, eps=EPS, epochs=epochs, track_every=0,
+            cfg = train_config(DATASET, algo, eps=EPS, epochs=epochs, track_every=0,
                                      snapshot_every=0, seed=0, pgd_steps=3)
             trainer = make_trainer(ARCH, train, cfg)
             trainer.run()
@@ -264,7 +264,7 @@ def cells():
         exercise("Exercise 3"),
         solution_code(r"""
         for e in (EPS, 2 * EPS):
-            cfg = default_config_for(DATASET, ARCH, algorithm="lowcost", eps=e, epochs=1 if FAST else 4,
+            cfg = train_config(DATASET, "lowcost", eps=e, epochs=1 if FAST else 4,
                                      track_every=0, snapshot_every=0, seed=0)
             tr = make_trainer(ARCH, train, cfg)
             tr.run()

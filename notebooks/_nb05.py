@@ -28,8 +28,8 @@ def cells():
         else:
             TRAIN_SIZE, TEST_SIZE, PASSES, IDF_OPTIONS = 500, 500, 2, {}
         """, imports="""
-        from uat_core.attacks import IDeepFool, IDFConfig, deepfool
-        from uat_core.constraints import apply, project
+        from uat_core.engine.attacks import IDeepFool, IDFConfig, deepfool
+        from uat_core.engine.constraints import apply, project
         """),
 
         md(r"""

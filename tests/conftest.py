@@ -45,21 +45,21 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def digits_train():
     """scikit-learn digits, train split: 1297 images (1,32,32) uint8."""
-    from uat_core.data import load_dataset
+    from uat_core.engine.data import load_dataset
     return load_dataset("digits", "train", progress=False)
 
 
 @pytest.fixture(scope="session")
 def digits_test():
     """scikit-learn digits, test split: 500 images (1,32,32) uint8."""
-    from uat_core.data import load_dataset
+    from uat_core.engine.data import load_dataset
     return load_dataset("digits", "test", progress=False)
 
 
 @pytest.fixture(scope="session")
 def digits_model():
     """The shipped naturally trained SmallCNN for digits (eval mode, CPU). Tests must not change its weights."""
-    from uat_core.checkpoint import load_checkpoint
+    from uat_core.engine.checkpoint import load_checkpoint
     if not DIGITS_NATURAL.is_file():
         pytest.skip(f"{DIGITS_NATURAL} is missing")
     model, _ = load_checkpoint(DIGITS_NATURAL, {"num_classes": 10, "shape": (1, 32, 32)})
@@ -69,7 +69,7 @@ def digits_model():
 @pytest.fixture(scope="session")
 def digits_clean_top1(digits_model, digits_test) -> float:
     """Clean top-1 of the shipped model on the whole digits test split (a reference for attack tests)."""
-    from uat_core.evaluation import evaluate
+    from uat_core.engine.evaluation import evaluate
     return evaluate(digits_model, digits_test.images, digits_test.labels)["clean_top1"]
 
 

@@ -12,10 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from uat_core.attacks import (DEFAULT_STEP, OPTIMIZERS, AttackConfig, IDeepFool, IDFConfig, UniversalAttack,
+from uat_core.engine.attacks import (DEFAULT_STEP, OPTIMIZERS, AttackConfig, IDeepFool, IDFConfig, UniversalAttack,
                               deepfool, ideepfool, universal_attack)
-from uat_core.errors import UATError
-from uat_core.evaluation import evaluate
+from uat_core.engine.errors import UATError
+from uat_core.engine.evaluation import evaluate
 
 EPS = 32.0          # digits: the README's ε (0-255 units)
 

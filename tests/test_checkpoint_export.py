@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 
 from conftest import DIGITS_NATURAL, files_under
-from uat_core.checkpoint import load_checkpoint, model_meta, read_checkpoint, save_checkpoint
-from uat_core.errors import UATError
-from uat_core.export import (PERTURBATION_FILES, comparison_grid, delta_image, gif_bytes, load_perturbation,
+from uat_core.engine.checkpoint import load_checkpoint, model_meta, read_checkpoint, save_checkpoint
+from uat_core.engine.errors import UATError
+from uat_core.engine.export import (PERTURBATION_FILES, comparison_grid, delta_image, gif_bytes, load_perturbation,
                              save_perturbation)
-from uat_core import fileio
-from uat_core.fileio import atomic_bytes, atomic_write, output_set, prepare_out_dir, write_json
-from uat_core.models import build_model
+from uat_core.engine import fileio
+from uat_core.engine.fileio import atomic_bytes, atomic_write, output_set, prepare_out_dir, write_json
+from uat_core.engine.models import build_model
 
 
 def one_line(excinfo) -> str:
@@ -232,7 +232,7 @@ def test_a_killed_run_leaves_the_old_set_and_its_staging_folder_is_cleaned_next_
     import time
     out = tmp_path / "run"
     _old_set(out)
-    code = ("import sys, time; from uat_core.fileio import output_set\n"
+    code = ("import sys, time; from uat_core.engine.fileio import output_set\n"
             f"with output_set({str(out)!r}, {NAMES!r}, force=True) as stage:\n"
             "    (stage / 'metrics.json').write_text('new'); print('staged', flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

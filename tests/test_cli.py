@@ -18,12 +18,12 @@ import torch
 from PIL import Image
 
 from conftest import CIFAR_ROOT, DIGITS_NATURAL, ZOO, files_under, needs_cifar
-from uat_core.checkpoint import load_checkpoint, model_meta, save_checkpoint
+from uat_core.engine.checkpoint import load_checkpoint, model_meta, save_checkpoint
 from uat_core.cli import build_parser
-from uat_core.data import load_dataset
-from uat_core.evaluation import evaluate
-from uat_core.export import PERTURBATION_FILES
-from uat_core.models import build_model
+from uat_core.engine.data import load_dataset
+from uat_core.engine.evaluation import evaluate
+from uat_core.engine.export import PERTURBATION_FILES
+from uat_core.engine.models import build_model
 
 ATTACK_FILES = sorted([*PERTURBATION_FILES, "metrics.json", "grid.png"])
 DIGITS_UAT = ZOO / "digits_smallcnn_uat.pt"
@@ -217,7 +217,7 @@ def test_out_below_an_existing_file_is_a_user_error(cli, tmp_path):
 
 
 def test_ctrl_c_during_an_attack_exits_130_and_writes_nothing(cli, tmp_path, monkeypatch):
-    from uat_core.attacks.universal import UniversalAttack
+    from uat_core.engine.attacks.universal import UniversalAttack
 
     def interrupted(self, *a, **k):
         raise KeyboardInterrupt
@@ -232,7 +232,7 @@ def test_ctrl_c_during_an_attack_exits_130_and_writes_nothing(cli, tmp_path, mon
 def test_written_files_keep_the_users_umask(tmp_path, umask):
     import os
 
-    from uat_core.fileio import atomic_bytes, write_json
+    from uat_core.engine.fileio import atomic_bytes, write_json
     old = os.umask(umask)
     try:
         a = write_json(tmp_path / "m.json", {"x": 1})
@@ -244,8 +244,8 @@ def test_written_files_keep_the_users_umask(tmp_path, umask):
 
 
 def test_a_gpu_index_beyond_the_cards_is_a_user_error(monkeypatch):
-    from uat_core.device import pick_device
-    from uat_core.errors import UATError
+    from uat_core.engine.device import pick_device
+    from uat_core.engine.errors import UATError
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(UATError, match=r"only 1 CUDA GPU \(cuda:0\)"):
@@ -397,7 +397,7 @@ def cifar_checkpoint(tmp_path_factory) -> Path:
     entry = man.get("cifar10_resnet20_natural")
     if entry and (ZOO / entry["file"]).is_file():
         return ZOO / entry["file"]
-    from uat_core.data import dataset_info
+    from uat_core.engine.data import dataset_info
     info = dataset_info("cifar10")
     torch.manual_seed(0)
     model = build_model("resnet20", 10, 3, info["mean"], info["std"])

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from uat_core.constraints import apply, check_norm, norm_of, project, random_start
-from uat_core.errors import UATError
+from uat_core.engine.constraints import apply, check_norm, norm_of, project, random_start
+from uat_core.engine.errors import UATError
 
 deltas = arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 5)),
                 elements=st.floats(-4, 4, width=32))

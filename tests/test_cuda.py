@@ -14,12 +14,12 @@ import copy
 import pytest
 import torch
 
-from uat_core.attacks import AttackConfig, UniversalAttack
-from uat_core.checkpoint import load_checkpoint, save_checkpoint
-from uat_core.constraints import norm_of
-from uat_core.evaluation import evaluate, predict
-from uat_core.pipeline import make_trainer, meta_for
-from uat_core.training import TrainConfig
+from uat_core.engine.attacks import AttackConfig, UniversalAttack
+from uat_core.engine.checkpoint import load_checkpoint, save_checkpoint
+from uat_core.engine.constraints import norm_of
+from uat_core.engine.evaluation import evaluate, predict
+from uat_core.recipes.pipeline import make_trainer, meta_for
+from uat_core.engine.training import TrainConfig
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
 

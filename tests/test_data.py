@@ -1,4 +1,4 @@
-"""Tests for uat_core.data: in-memory uint8 datasets (digits, image folders, CIFAR-10)."""
+"""Tests for uat_core.engine.data: in-memory uint8 datasets (digits, image folders, CIFAR-10)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from uat_core import data as D
-from uat_core.data import ImageData, dataset_info, load_dataset, resolve_data_root
-from uat_core.errors import UATError
+from uat_core.engine import data as D
+from uat_core.engine.data import ImageData, dataset_info, load_dataset, resolve_data_root
+from uat_core.engine.errors import UATError
 
 CIFAR_ROOT = Path(os.environ.get("UAT_DATA") or
                   Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpeg")
@@ -108,7 +108,7 @@ def test_limit_equals_subset(digits):
 @given(st.lists(st.integers(0, 4), min_size=1, max_size=60), st.integers(1, 60), st.integers(0, 99))
 def test_select_indices_properties(labels, n, seed):
     labels = torch.tensor(labels)
-    idx = D._select_indices(labels, n, seed)
+    idx = D.select_indices(labels, n, seed)
     assert idx.numel() == min(n, labels.numel())
     assert torch.equal(idx, idx.unique())                     # sorted, no repeats
     share = labels.bincount(minlength=5).double() * idx.numel() / labels.numel()
@@ -240,7 +240,7 @@ def test_decoded_cache(tmp_path, monkeypatch):
     def no_decoding(path):
         raise AssertionError("decoded although cached")
 
-    monkeypatch.setattr(D, "_decode_file", no_decoding)
+    monkeypatch.setattr(D, "decode_file", no_decoding)
     again = load_dataset(f"imagefolder:{root}", image_size=32)
     assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
     assert torch.equal(load_dataset(f"imagefolder:{root}", image_size=32, limit=2).images,
@@ -271,8 +271,8 @@ def test_resolve_data_root(monkeypatch):
 @needs_cifar
 def test_cifar10_imagefolder_copy_with_limit(monkeypatch):
     calls = []
-    decode = D._decode_file
-    monkeypatch.setattr(D, "_decode_file", lambda p: calls.append(p) or decode(p))
+    decode = D.decode_file
+    monkeypatch.setattr(D, "decode_file", lambda p: calls.append(p) or decode(p))
     d = load_dataset("cifar10", "test", root=str(CIFAR_ROOT), limit=100, progress=False)
     assert len(calls) == 100                                  # files chosen before decoding
     assert d.images.shape == (100, 3, 32, 32) and d.images.dtype == torch.uint8

@@ -18,9 +18,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from uat_core.checkpoint import load_checkpoint
-from uat_core.pipeline import make_trainer, new_model
-from uat_core.training import TrainConfig
+from uat_core.engine.checkpoint import load_checkpoint
+from uat_core.recipes.pipeline import make_trainer, new_model
+from uat_core.engine.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_gloo = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
@@ -100,8 +100,8 @@ def test_torchrun_two_processes_match_each_other_and_one_process(tmp_path, digit
 INJECT = '''
 import sys
 import torch.distributed as dist
-import uat_core.checkpoint as C
-import uat_core.training as T
+import uat_core.engine.checkpoint as C
+import uat_core.engine.training as T
 what = sys.argv.pop(1)
 if what == "diverge":                       # rank 1 alone finds a NaN loss at the end of its 3rd step
     real = T.Trainer._step

@@ -1,4 +1,4 @@
-"""``uat_core.download``: CIFAR-10 fetched into the command line's cache, with progress and one-line errors.
+"""``uat_core.engine.download``: CIFAR-10 fetched into the command line's cache, with progress and one-line errors.
 
 The tests have no network: the archive is a tiny stand-in with the real layout (``conftest.fake_cifar10_archive``),
 served through ``file://`` (urllib's real code path) with its own MD5 patched in, or a fake response that breaks off;
@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from conftest import fake_cifar10_archive, files_under
-from uat_core import download as D
-from uat_core.data import load_dataset
-from uat_core.errors import UATError
+from uat_core.engine import download as D
+from uat_core.engine.data import load_dataset
+from uat_core.engine.errors import UATError
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from uat_core.evaluation import evaluate, per_class, predict
+from uat_core.engine.evaluation import evaluate, per_class, predict
 
 
 class PixelsAreLogits(nn.Module):

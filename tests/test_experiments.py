@@ -1,4 +1,4 @@
-"""The one experiment layer (uat_core.experiments): the notebooks' helpers and the app's page jobs drive the
+"""The one experiment layer (uat_core.recipes.experiments): the notebooks' helpers and the app's page jobs drive the
 same generators, so the same settings give the same numbers in both."""
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from uat_core import experiments as X
+from uat_core.recipes import experiments as X
 from uat_core import zoo
-from uat_core.data import load_dataset
+from uat_core.engine.data import load_dataset
 from webapp import settings as S
 from webapp.jobs import page_job
 

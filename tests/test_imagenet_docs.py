@@ -90,8 +90,8 @@ def test_the_page_uses_only_flags_that_exist():
 
 @pytest.mark.slow
 def test_every_command_of_the_page_runs_on_a_tiny_folder(cli, tmp_path, monkeypatch):
-    import uat_core.attacks.bank as bank
-    import uat_core.models as models
+    import uat_core.engine.attacks.bank as bank
+    import uat_core.engine.models as models
 
     real_net, real_bank = models._torchvision_net, bank.pattern_bank
     # published weights -> random ones for the folder's classes; the baseline's bank -> 24 patterns

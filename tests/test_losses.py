@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uat_core.losses import attack_objective, clipped_cross_entropy, targeted_objective
+from uat_core.engine.losses import attack_objective, clipped_cross_entropy, targeted_objective
 
 
 def ref_ce(row: list[float], label: int) -> float:

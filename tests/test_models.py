@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from uat_core.errors import UATError
-from uat_core.models import PadShortcut, arch_name, build_model, parse_arch
+from uat_core.engine.errors import UATError
+from uat_core.engine.models import PadShortcut, arch_name, build_model, parse_arch
 
 
 def n_params(model: nn.Module) -> int:

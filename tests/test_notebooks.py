@@ -101,8 +101,9 @@ def test_refresh_updates_in_place_and_replaces_when_traces_change():
 
 
 def test_datasize_sweep_can_hold_the_number_of_steps_fixed():
-    from uat_core import experiments, zoo
-    from uat_core.data import load_dataset
+    from uat_core.recipes import experiments
+    from uat_core import zoo
+    from uat_core.engine.data import load_dataset
     model, _ = zoo.load_zoo_model("digits_smallcnn_natural")
     train = load_dataset("digits", "train", limit=96, progress=False)
     test = load_dataset("digits", "test", limit=20, progress=False)

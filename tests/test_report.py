@@ -4,9 +4,10 @@ import json
 import pytest
 import torch
 
-from uat_core import report, zoo
-from uat_core.data import load_dataset
-from uat_core.errors import UATError
+from uat_core.zoo import report
+from uat_core import zoo
+from uat_core.engine.data import load_dataset
+from uat_core.engine.errors import UATError
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +113,9 @@ def test_targets_are_judged_from_the_figures():
 def test_heldout_protocol_is_added_to_the_report_and_matches_the_pipeline(digits_report, tmp_path):
     """`zoo heldout`: δ built on one half of the test split, scored on the other; the figures added to the report
     are those of pipeline.heldout_report, and the rest of the report is kept."""
-    from uat_core import protocol
-    from uat_core.evaluation import evaluate
-    from uat_core.pipeline import heldout_report
+    from uat_core.recipes import protocol
+    from uat_core.engine.evaluation import evaluate
+    from uat_core.recipes.pipeline import heldout_report
     src, data = digits_report
     (tmp_path / "results.json").write_text((src / "results.json").read_text())
     out = report.add_heldout("digits", None, tmp_path / "results.md", only=["natural"])

@@ -18,10 +18,10 @@ from PIL import Image
 
 from conftest import files_under
 from test_cli import assert_user_error as one_line
-from uat_core.data import load_dataset
-from uat_core.errors import UATError, UATWarning
-from uat_core.evaluation import evaluate, evaluate_data, evaluate_stream
-from uat_core.stream import FolderStream, open_split, train_view
+from uat_core.engine.data import load_dataset
+from uat_core.engine.errors import UATError, UATWarning
+from uat_core.engine.evaluation import evaluate, evaluate_data, evaluate_stream
+from uat_core.engine.stream import FolderStream, open_split, train_view
 
 SIZE = 32                  # --image-size of every test here
 CLASSES = 3
@@ -117,7 +117,7 @@ def test_training_view_is_seeded_random_resized_crop_and_flip():
 
 
 def test_evaluate_stream_equals_evaluate(tree, trained):
-    from uat_core.checkpoint import load_checkpoint
+    from uat_core.engine.checkpoint import load_checkpoint
     model, _ = load_checkpoint(trained / "model.pt")
     name = f"imagefolder:{tree}"
     mem = load_dataset(name, "test", image_size=SIZE, progress=False)
@@ -131,8 +131,8 @@ def test_evaluate_stream_equals_evaluate(tree, trained):
 
 
 def test_a_streamed_run_resumes_exactly(tree):
-    from uat_core.pipeline import make_trainer
-    from uat_core.training import TrainConfig
+    from uat_core.recipes.pipeline import make_trainer
+    from uat_core.engine.training import TrainConfig
 
     s = open_split(f"imagefolder:{tree}", "train", SIZE, mode="on", workers=0).check()
     cfg = TrainConfig(algorithm="lowcost", epochs=2, batch_size=12, lr=0.05, track_every=0, snapshot_every=0)
@@ -156,8 +156,8 @@ def test_a_streamed_run_resumes_exactly(tree):
 def test_streamed_global_batches_are_the_union_of_the_rank_blocks(tree):
     """Under torchrun rank r takes the r-th block of each global batch, as in memory; an image's augmentation
     is seeded by (seed, epoch, image), so W processes see exactly the images one process sees, augmented."""
-    from uat_core.pipeline import make_trainer
-    from uat_core.training import TrainConfig
+    from uat_core.recipes.pipeline import make_trainer
+    from uat_core.engine.training import TrainConfig
 
     s = open_split(f"imagefolder:{tree}", "train", SIZE, mode="on", workers=0)
     one = make_trainer("smallcnn", s, TrainConfig(batch_size=12))

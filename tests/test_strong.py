@@ -13,14 +13,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from uat_core.attacks import (AttackConfig, StrongConfig, StrongUniversalAttack, UniversalAttack, deepfool,
+from uat_core.engine.attacks import (AttackConfig, StrongConfig, StrongUniversalAttack, UniversalAttack, deepfool,
                               pattern_bank, score_bank)
-from uat_core.attacks.bank import best_fixed_pattern, screen
-from uat_core.attacks.pgd import pgd_accuracy
-from uat_core.constraints import apply
-from uat_core.errors import UATError
-from uat_core.evaluation import evaluate
-from uat_core.losses import clipped_cross_entropy
+from uat_core.engine.attacks.bank import best_fixed_pattern, screen
+from uat_core.engine.attacks.pgd import pgd_accuracy
+from uat_core.engine.constraints import apply
+from uat_core.engine.errors import UATError
+from uat_core.engine.evaluation import evaluate
+from uat_core.engine.losses import clipped_cross_entropy
 
 EPS = 32.0
 

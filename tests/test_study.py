@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from uat_core import cli, plots, study, zoo
-from uat_core.errors import UATError
-from uat_core.models import arch_name
-from uat_core.training import default_config_for
+from uat_core import cli, plots, zoo
+from uat_core.recipes import study
+from uat_core.engine.errors import UATError
+from uat_core.engine.models import arch_name
+from uat_core.recipes.profiles import train_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,9 +24,8 @@ def test_every_row_is_a_valid_training_command_that_differs_from_base_in_its_fac
     argv = shlex.split(study.command(row))[3:]                        # after "python -m uat_core"
     args = cli.build_parser().parse_args(argv)
     arch_name(args.model, args.width, args.shortcut)                  # raises on a bad architecture
-    default_config_for("cifar10", args.model, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                       schedule=args.schedule, label_smoothing=args.label_smoothing,
-                       weight_decay=args.weight_decay).validate()
+    train_defaults("cifar10", epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, schedule=args.schedule,
+                   label_smoothing=args.label_smoothing, weight_decay=args.weight_decay).validate()
     assert args.out == f"runs/study/{row}" and args.dataset == "cifar10" and args.no_report
     if row != "base":
         assert study.ROWS[row][3] != study.BASE
@@ -84,7 +84,7 @@ def test_shipping_an_untrained_or_unknown_row_is_a_one_line_error(tmp_path, monk
 def test_study_models_stay_out_of_the_zoo_listing(monkeypatch):
     man = {"models": {"a": {"dataset": "cifar10", "algorithm": "natural"},
                       "b": {"dataset": "cifar10", "algorithm": "natural", "group": "study"}}}
-    monkeypatch.setattr(zoo, "read_manifest", lambda: man)
+    monkeypatch.setattr(zoo.store, "read_manifest", lambda: man)
     assert [m["name"] for m in zoo.list_models("cifar10")] == ["a"]
     assert [m["name"] for m in zoo.list_models("cifar10", group="study")] == ["b"]
     assert len(zoo.list_models(group=None)) == 2
@@ -122,7 +122,7 @@ def test_summary_words_follow_the_figures():
 
 
 def test_the_report_renders_the_study_section_without_attacking(tmp_path, monkeypatch):
-    from uat_core import report
+    from uat_core.zoo import report
     src = ROOT / "docs" / "results.json"
     if not src.is_file():
         pytest.skip("no CIFAR-10 report in docs/")

@@ -1,4 +1,4 @@
-"""Tests for universal adversarial training (uat_core.training, ``python -m uat_core train``).
+"""Tests for universal adversarial training (uat_core.engine.training, ``python -m uat_core train``).
 
 Everything runs on the bundled digits data with the small CNN (one CPU thread, set by conftest), in a few
 seconds per test. ε = 32 (0-255 units) is the digits budget used throughout the project.
@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from uat_core import cli
-from uat_core.checkpoint import read_checkpoint
-from uat_core.errors import UATError
-from uat_core.pipeline import make_trainer, new_model, robustness_report
-from uat_core.training import Trainer, TrainConfig
+from uat_core.engine.checkpoint import read_checkpoint
+from uat_core.engine.errors import UATError
+from uat_core.recipes.pipeline import make_trainer, new_model, robustness_report
+from uat_core.engine.training import Trainer, TrainConfig
 
 EPS = 32.0                     # digits ε, 0-255 units
 E = EPS / 255                  # the same in pixel units
@@ -226,9 +226,9 @@ def test_pool_step_matches_a_per_image_reference(digits, algo, share):
     """With a pool of m δs, image b carries member (b + t) mod m and each member ascends on the sign of its
     own images' gradient; with a bank share the first ⌊f·B⌋ images carry random bank patterns instead.
     Compare one step with a plain per-image computation summed by member."""
-    from uat_core.attacks.bank import pattern_bank
-    from uat_core.constraints import apply
-    from uat_core.training import _step_seed
+    from uat_core.engine.attacks.bank import pattern_bank
+    from uat_core.engine.constraints import apply
+    from uat_core.engine.training import step_seed
     train = digits[0].subset(96, 0)
     tr = make_trainer("smallcnn", train, cfg(algorithm=algo, delta_pool=3, bank_share=share))
     start = tr.pool.clone()
@@ -238,7 +238,7 @@ def test_pool_step_matches_a_per_image_reference(digits, algo, share):
     x, y, _ = tr._batch(tr._order(0), 0, 0)
     nb = int(share * 32)
     bank = pattern_bank(train.shape, E, random=0).patterns
-    g = torch.Generator().manual_seed(_step_seed(0, 0, 0, 0))               # the step's own generator
+    g = torch.Generator().manual_seed(step_seed(0, 0, 0, 0))               # the step's own generator
     fixed = bank[torch.randint(0, len(bank), (nb,), generator=g)]           # (nb,C,H,W)
     a = torch.arange(32 - nb) % 3                                           # step 0
     ref.train()
@@ -261,7 +261,7 @@ def test_pool_step_matches_a_per_image_reference(digits, algo, share):
 
 @pytest.mark.parametrize("source", ["bank", "random"])
 def test_reseed_keeps_the_candidate_of_highest_loss(digits, source):
-    from uat_core.constraints import apply
+    from uat_core.engine.constraints import apply
     train = digits[0].subset(128, 0)
     tr = make_trainer("smallcnn", train, cfg(algorithm="lowcost", reseed_from=source, reseed_candidates=5))
     tr.model.eval()                                           # a deterministic forward for the reference

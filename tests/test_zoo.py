@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from uat_core import zoo
-from uat_core.data import load_dataset
-from uat_core.evaluation import evaluate
+from uat_core.engine.errors import UATError
+from uat_core.engine.data import load_dataset
+from uat_core.engine.evaluation import evaluate
 
 ENTRIES = zoo.list_models(group=None)      # the zoo and the vulnerability study's models
 
@@ -67,10 +68,10 @@ def test_tampered_model_is_refused(tmp_path, monkeypatch):
     entry = next(e for e in ENTRIES if e["dataset"] == "digits")
     data = (zoo.ZOO_DIR / entry["file"]).read_bytes()
     (tmp_path / entry["file"]).write_bytes(data[:-10] + b"0123456789")
-    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path)
-    with pytest.raises(zoo.UATError, match="sha256"):
+    monkeypatch.setattr(zoo.store, "ZOO_DIR", tmp_path)      # where load_zoo_model looks
+    with pytest.raises(UATError, match="sha256"):
         zoo.load_zoo_model(entry["name"])
-    with pytest.raises(zoo.UATError, match="no zoo model"):
+    with pytest.raises(UATError, match="no zoo model"):
         zoo.load_zoo_model("no_such_model")
 
 
@@ -86,37 +87,34 @@ def test_natural_digits_model_is_fooled_by_its_shipped_perturbation():
 
 def test_cifar10_recipe_follows_the_device():
     """A CPU build gets the short CPU recipes, a CUDA build the 40-epoch GPU ones; digits has one recipe."""
-    def epochs(args):
-        return int(args[args.index("--epochs") + 1])
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     for algo in zoo.RECIPES["cifar10"]["models"]:
         c, g = zoo.recipe("cifar10", algo, cpu), zoo.recipe("cifar10", algo, gpu)
-        assert c[:2] == g[:2]                                    # the same training algorithm
-        assert epochs(c) <= 10 and epochs(c) < epochs(g)
+        assert c["algorithm"] == g["algorithm"]                  # the same training algorithm
+        assert c["epochs"] <= 10 and c["epochs"] < g["epochs"]
     assert zoo.recipe("digits", "uat", cpu) == zoo.recipe("digits", "uat", gpu)
 
 
-def test_the_zoo_trains_in_process_through_the_cli_train_function(tmp_path, monkeypatch):
-    """No subprocess, no metrics.json read back: the metrics come from uat_core.cli.train, which `uat train`
-    runs too; the command recorded in the model's metadata names no absolute path."""
+def test_the_zoo_trains_in_process_through_run_training(tmp_path, monkeypatch):
+    """No subprocess, no metrics.json read back: the metrics come from uat_core.recipes.runs.run_training, which
+    `uat train` runs too; the command recorded in the model's metadata names no absolute path."""
     import subprocess
 
     from uat_core import zoo
-    from uat_core.checkpoint import read_checkpoint
+    from uat_core.engine.checkpoint import read_checkpoint
 
     def no_subprocess(*a, **kw):
         raise AssertionError("the zoo must not start a subprocess to train")
     monkeypatch.setattr(subprocess, "run", no_subprocess)
     monkeypatch.setattr(subprocess, "Popen", no_subprocess)
-    monkeypatch.setattr(zoo, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(zoo.builder, "RUNS", tmp_path / "runs")
     monkeypatch.setitem(zoo.RECIPES["digits"]["models"], "natural",
-                        ["--algorithm", "natural", "--epochs", "1", "--train-size", "64", "--eval-size", "32",
-                         "--no-report", "--quiet"])
-    out, metrics = zoo._train("digits", "natural", None, [], torch.device("cpu"))
+                        dict(epochs=1, train_size=64, eval_size=32, report=False))
+    out, metrics = zoo.builder.train_model("digits", "natural", None, torch.device("cpu"))
     assert out == tmp_path / "runs" / "digits_smallcnn_natural"
     assert metrics["epochs"] == 1 and metrics["train_size"] == 64 and metrics["eval_size"] == 32
     assert json.loads((out / "metrics.json").read_text())["clean_top1"] == metrics["clean_top1"]
     command = read_checkpoint(out / "model.pt")["meta"]["training"]["command"]
     assert command.startswith("python -m uat_core train --dataset digits") and str(zoo.ROOT) not in command
-    again, m2 = zoo._train("digits", "natural", None, [], torch.device("cpu"))   # finished: not trained again
+    again, m2 = zoo.builder.train_model("digits", "natural", None, torch.device("cpu"))   # finished: not trained again
     assert again == out and m2["clean_top1"] == metrics["clean_top1"]

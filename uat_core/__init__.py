@@ -29,11 +29,11 @@ Modules, one idea each:
     zoo           the shipped models and their perturbations (and the study's, in a group of their own)
     report        docs/results.md: every zoo model under every attack
 """
-from .attacks import (AttackConfig, IDeepFool, IDFConfig, StrongConfig, StrongUniversalAttack, UniversalAttack,
+from .engine.attacks import (AttackConfig, IDeepFool, IDFConfig, StrongConfig, StrongUniversalAttack, UniversalAttack,
                       ideepfool, strong_attack, universal_attack)
-from .constraints import apply, project
-from .errors import UATError
-from .losses import clipped_cross_entropy
+from .engine.constraints import apply, project
+from .engine.errors import UATError
+from .engine.losses import clipped_cross_entropy
 
 __version__ = "0.1.0"
 __all__ = ["AttackConfig", "UniversalAttack", "universal_attack", "StrongConfig", "StrongUniversalAttack",

@@ -18,11 +18,24 @@ import argparse
 import contextlib
 import math
 import sys
+import warnings
 from pathlib import Path
 
-import torch
-
-from .errors import UATError
+from .engine import distributed
+from .engine.attacks import OPTIMIZERS, AttackConfig, IDFConfig, StrongConfig, make_attack
+from .engine.attacks.bank import baseline_of
+from .engine.checkpoint import load_checkpoint, model_meta, read_checkpoint
+from .engine.data import IMAGENET_MEAN, IMAGENET_STD, dataset_info, has_test_split
+from .engine.errors import UATError, UATWarning
+from .engine.evaluation import evaluate_data, predict
+from .engine.export import PERTURBATION_FILES, comparison_grid, load_perturbation, png_bytes, save_perturbation
+from .engine.fileio import atomic_bytes, output_set, prepare_out_dir, write_json
+from .engine.models import arch_name, build_model, check_arch
+from .engine.stream import is_stream
+from .recipes.profiles import train_defaults
+from .recipes.runs import DataOptions, TrainRun, check_size, decode_attack_set, run_training
+from .zoo import ZOO_DIR, read_manifest
+from .zoo import main as zoo_main
 
 EXAMPLES = """examples:
   python -m uat_core train --dataset digits --model smallcnn --algorithm natural --epochs 3 --out runs/digits
@@ -113,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "onecycle | cosine | constant")
     t.add_argument("--no-augment", action="store_true", help="turn off random crop + flip (on for cifar10)")
     t.add_argument("--eps", type=float, default=8.0, help="ε of δ or of the per-instance attacks, 0-255 units")
+    t.add_argument("--norm", default="linf",
+                   help="the ball of the universal δ of uat / lowcost: linf | l2 (--eps is then the ℓ2 radius in 0-255 "
+                        "units; the fgsm rule steps ε along g/‖g‖₂); fgsm and pgd training stay ℓ∞")
     t.add_argument("--delta-rule", default="fgsm", help="update of the universal δ: fgsm (eq. 6) | sgd (eq. 7) | adam")
     t.add_argument("--delta-lr", type=float, default=1.0,
                    help="τδ for --delta-rule sgd (0-255 units per unit gradient) or adam (0-255 units per step)")
@@ -215,7 +231,6 @@ def main_exit() -> None:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "zoo":                 # the model zoo has its own commands (python -m uat_core.zoo)
-        from .zoo import main as zoo_main
         return zoo_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
@@ -223,8 +238,7 @@ def main(argv=None) -> int:
         with _one_line_warnings():
             return {"train": cmd_train, "attack": cmd_attack, "eval": cmd_eval}[args.cmd](args)
     except UATError as e:
-        from .distributed import speaks
-        if speaks():                     # under torchrun: rank 0's line, or each rank's once they run together
+        if distributed.speaks():         # under torchrun: rank 0's line, or each rank's once they run together
             print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:            # attack / eval (train saves a checkpoint itself): files are atomic
@@ -237,9 +251,7 @@ def main(argv=None) -> int:
 @contextlib.contextmanager
 def _one_line_warnings():
     """UATWarnings (a corrupt image skipped mid-stream) print as one line "warning: ..." on stderr."""
-    import warnings
 
-    from .errors import UATWarning
     with warnings.catch_warnings():
         warnings.simplefilter("default", UATWarning)
         shown = warnings.showwarning
@@ -253,94 +265,11 @@ def _one_line_warnings():
         yield
 
 
-def _check_data_args(args) -> None:
-    """The data options, before any work: the stream options, and (imagefolder) test classes the train split has."""
-    from .data import check_class_folders
-    from .stream import check_options, default_workers
-    check_options(args.stream, args.stream_threshold, args.workers, args.dataset)
-    if args.workers is None:
-        args.workers = default_workers()
-    if args.dataset.startswith("imagefolder:"):
-        check_class_folders(args.dataset)
-
-
-def _open(args, split, info, note=True):
-    """The split as a stream (files listed, not yet checked), or None when it is decoded into memory."""
-    from .stream import open_split
-    return open_split(args.dataset, split, info["shape"][1], args.stream, args.stream_threshold, args.workers,
-                      note=note and not args.quiet)
-
-
-def _data(args, split, info, limit=None, stream=False, group=None):
-    """One split: decoded into memory (``limit``: a seeded stratified subset), or, where ``--stream`` says so, a
-    FolderStream over the same subset of the files with every header checked (``stream``: an ``_open`` result
-    to reuse; False: open it here). Under torchrun (``group``) rank 0 decodes (and caches) an in-memory split
-    first and the others then read its cache; a stream's headers are checked in shards, one a rank, and a
-    problem any rank finds stops every rank with its line."""
-    from .data import load_dataset
-    s = _open(args, split, info, note=group is None or group.rank == 0) if stream is False else stream
-    if s is None:
-        def load():
-            return load_dataset(args.dataset, split, args.data_root, limit=limit, seed=args.seed,
-                                image_size=info["shape"][1], progress=not args.quiet and (group is None
-                                                                                         or group.rank == 0))
-        return load() if group is None else group.first(load)
-    s = s.select(limit, args.seed)
-    if group is None:
-        return s.check(progress=not args.quiet)
-    err = None
-    try:
-        s.part(*group.span(len(s))).check(progress=not args.quiet and group.rank == 0)
-    except UATError as e:
-        err = str(e)
-    group.agree(err)
-    return s
-
-
-def _split_len(args, split, info, stream, limit=None) -> int:
-    """The number of images a command takes from a split (``limit``: at most this many), from the file list
-    or the dataset's known size: nothing is decoded."""
-    from .data import DIGITS_TRAIN
-    if stream is not None:
-        n = len(stream)
-    elif args.dataset.startswith("imagefolder:"):
-        from .stream import FolderStream
-        n = len(FolderStream.open(args.dataset, split, info["shape"][1]))
-    else:
-        n = {("digits", "train"): DIGITS_TRAIN, ("digits", "test"): 1797 - DIGITS_TRAIN,
-             ("cifar10", "train"): 50_000, ("cifar10", "test"): 10_000}[args.dataset, split]
-    return n if limit is None else min(n, limit)
-
-
-def _decode_attack_set(stream, group, progress):
-    """The (small) attack set of a streamed split decoded into an ImageData; under torchrun each rank decodes
-    a contiguous shard of its files and the shards are gathered, so every rank holds the same images in the
-    same order as one process would."""
-    if group is None:
-        return stream.load(progress=progress)
-    from .data import ImageData
-    part, err = None, None
-    try:
-        part = stream.part(*group.span(len(stream))).load(progress=progress and group.rank == 0)
-    except UATError as e:
-        err = str(e)
-    group.agree(err)
-    images, labels = group.gather_rows(part.images), group.gather_rows(part.labels)
-    S = stream.image_size
-    return ImageData(images, labels, part.classes, part.name, part.split,
-                     f"Image folder {stream.root}: {len(labels)} images read from disk, resized and center-cropped "
-                     f"to {S}x{S}", part.mean, part.std)
-
-
 def _load_model(args, info, device):
     """(model in eval mode, meta) of --checkpoint: a model.pt, or ``torchvision:<name>``, torchvision's published
     ImageNet weights of that classifier (``info``: the dataset's, which must have the 1000 ImageNet classes)."""
-    from .checkpoint import load_checkpoint
     ck = str(args.checkpoint)
     if ck.startswith("torchvision:") and not Path(ck).exists():
-        from .checkpoint import model_meta
-        from .data import IMAGENET_MEAN, IMAGENET_STD
-        from .models import build_model, check_arch
         check_arch(ck)
         model = build_model(ck, info["num_classes"], info["shape"][0], IMAGENET_MEAN, IMAGENET_STD, pretrained=True)
         meta = model_meta(ck, "imagenet", info["classes"], info["shape"][0], info["shape"][1], IMAGENET_MEAN,
@@ -349,14 +278,7 @@ def _load_model(args, info, device):
     return load_checkpoint(ck, {"num_classes": info["num_classes"], "shape": info["shape"]}, device)
 
 
-def _check_size(n, what):
-    if n is not None and n < 1:
-        raise UATError(f"{what} must be at least 1, got {n}")
-
-
 def _grid(model, test, delta, device, n=16):
-    from .evaluation import predict
-    from .export import comparison_grid
     sub = test.subset(n, 0)
     x = sub.float_images()
     top_c, _ = predict(model, sub.images, None, device=device)
@@ -365,12 +287,6 @@ def _grid(model, test, delta, device, n=16):
 
 
 def cmd_attack(args) -> int:
-    from . import distributed
-    from .attacks import OPTIMIZERS, AttackConfig, IDFConfig
-    from .evaluation import evaluate_data
-    from .export import PERTURBATION_FILES, png_bytes, save_perturbation
-    from .fileio import atomic_bytes, output_set, prepare_out_dir, write_json
-    from .pipeline import make_attack
 
     # --- validate everything before any work (every process under torchrun: the same checks)
     if args.method not in ("alg2", "idf"):
@@ -391,7 +307,6 @@ def cmd_attack(args) -> int:
         raise UATError(f"{'--strong' if args.strong else '--method idf'} runs in one process only: run it without "
                        "torchrun (under torchrun, attack shares Alg. 2, the default method, among the processes)")
     if args.strong:
-        from .attacks import StrongConfig
         if args.step_decay != 1.0:
             raise UATError("--step-decay does not apply to --strong (its steps decay by a cosine within each start; "
                            "--step-size sets the first one)")
@@ -411,9 +326,10 @@ def cmd_attack(args) -> int:
         cfg = dict(eps=args.eps, norm=args.norm, xi=args.xi, max_passes=args.epochs,
                    batch_size=args.batch_size, seed=args.seed)
         IDFConfig(**cfg).validate()
-    _check_size(args.attack_size, "--attack-size")
-    _check_size(args.eval_size, "--eval-size")
-    _check_data_args(args)
+    check_size(args.attack_size, "--attack-size")
+    check_size(args.eval_size, "--eval-size")
+    data = _data_options(args)
+    data.check()
     device = distributed.device_for(args.device)
     info, model, meta = _model_and_info(args, device)
     if args.target is not None and not (0 <= args.target < info["num_classes"]):
@@ -421,23 +337,21 @@ def cmd_attack(args) -> int:
     outputs = list(PERTURBATION_FILES) + ["metrics.json", "grid.png"]
     prepare_out_dir(args.out, outputs, args.force, create=False)    # refuse a clash before any work
     lead = distributed.env_rank() == 0                              # rank 0 alone prints and writes
-    train_s = _open(args, "train", info, note=lead)                 # the files listed, nothing decoded
-    test_s = _open(args, "test", info, note=lead)
+    train_s = data.open("train", info, note=lead)                 # the files listed, nothing decoded
+    test_s = data.open("test", info, note=lead)
     if world > 1:
-        distributed.check_shards(world, "attack images", _split_len(args, "train", info, train_s, args.attack_size))
-        distributed.check_shards(world, "test images", _split_len(args, "test", info, test_s, args.eval_size))
+        distributed.check_shards(world, "attack images", data.split_len("train", info, train_s, args.attack_size))
+        distributed.check_shards(world, "test images", data.split_len("test", info, test_s, args.eval_size))
 
     # --- work (a streamed split: its files are checked first, then only the attack set is decoded)
-    from .stream import is_stream
     group = distributed.start(device)
     together = False
     try:
-        train = _data(args, "train", info, limit=args.attack_size, stream=train_s, group=group)
-        test = _data(args, "test", info, limit=args.eval_size, stream=test_s, group=group)
+        train = data.load("train", info, limit=args.attack_size, stream=train_s, group=group)
+        test = data.load("test", info, limit=args.eval_size, stream=test_s, group=group)
         streamed = is_stream(test)
         if is_stream(train):                  # the attack set: small, decoded into memory (in shards under torchrun)
-            train = _decode_attack_set(train, group, progress=not args.quiet)
-        from .data import has_test_split
+            train = decode_attack_set(train, group, progress=not args.quiet)
         same_images = not has_test_split(args.dataset)
         if same_images and lead:
             print(f"note: {args.dataset[12:]} has no separate train and test (or val) folders: the test accuracy "
@@ -447,7 +361,6 @@ def cmd_attack(args) -> int:
                       desc={"idf": "iDeepFool", "strong": "strong attack"}.get(method, "Alg. 2"))
         eps = args.eps / 255.0
         # the baseline every figure stands beside: the best fixed bank pattern at the same ε (chosen on the attack set)
-        from .attacks.bank import baseline_of
         fixed_name, fixed = baseline_of(res, model, train.float_images(), train.labels, eps, args.norm, args.beta,
                                         args.target, args.seed, device, group=group)   # torchrun: scored in shards
         if group is not None:                 # the same sums on every rank: rank 0's choice, to be sure
@@ -486,8 +399,6 @@ def cmd_attack(args) -> int:
 def _model_and_info(args, device):
     """(dataset info, model, meta) for attack and eval: an imagefolder's image size is the checkpoint's (a
     ``torchvision:`` model's: --image-size); the checkpoint is checked against the data."""
-    from .checkpoint import read_checkpoint
-    from .data import dataset_info
     size = args.image_size
     if args.dataset.startswith("imagefolder:") and not str(args.checkpoint).startswith("torchvision:"):
         dataset_info(args.dataset, size)               # a missing or empty folder: said before the checkpoint
@@ -498,26 +409,22 @@ def _model_and_info(args, device):
 
 
 def cmd_eval(args) -> int:
-    from . import distributed
-    from .evaluation import evaluate_data
-    from .export import load_perturbation, png_bytes
-    from .fileio import atomic_bytes, output_set, prepare_out_dir, write_json
-    from .stream import is_stream
 
-    _check_size(args.eval_size, "--eval-size")
-    _check_data_args(args)
+    check_size(args.eval_size, "--eval-size")
+    data = _data_options(args)
+    data.check()
     device = distributed.device_for(args.device)
     info, model, meta = _model_and_info(args, device)
     delta = load_perturbation(args.perturbation, info["shape"])
     prepare_out_dir(args.out, ["metrics.json", "grid.png"], args.force, create=False)
     world, lead = distributed.world_size(), distributed.env_rank() == 0
-    test_s = _open(args, "test", info, note=lead)
+    test_s = data.open("test", info, note=lead)
     if world > 1:
-        distributed.check_shards(world, "test images", _split_len(args, "test", info, test_s, args.eval_size))
+        distributed.check_shards(world, "test images", data.split_len("test", info, test_s, args.eval_size))
     group = distributed.start(device)
     together = False
     try:
-        test = _data(args, "test", info, limit=args.eval_size, stream=test_s, group=group)  # a data error: no --out
+        test = data.load("test", info, limit=args.eval_size, stream=test_s, group=group)  # a data error: no --out
         out = Path(args.out)
         m = evaluate_data(model, test, delta, test.num_classes, device=device, group=group)   # a stream: minibatches
         together = True
@@ -538,218 +445,43 @@ def cmd_eval(args) -> int:
         distributed.finish(group, together)
 
 
-def _init_weights(args, train) -> dict:
-    """{"state_dict", "source"} of --init-weights (a model.pt path or a zoo model name), checked against the run."""
-    from .checkpoint import read_checkpoint
-    src = args.init_weights
+def _data_options(args) -> DataOptions:
+    """The data flags of a command line."""
+    return DataOptions(args.dataset, args.data_root, args.image_size, args.seed, args.stream, args.stream_threshold,
+                       args.workers, args.quiet)
+
+
+def _init_weights(src: str) -> tuple[Path, str]:
+    """(path, name for the metadata) of --init-weights: a model.pt path, or a zoo model's name."""
     path = Path(src)
-    if not path.is_file():
-        from .zoo import ZOO_DIR, read_manifest
-        man = read_manifest()["models"]
-        if src not in man:
-            raise UATError(f"--init-weights: {src} is neither a file nor a zoo model name")
-        path = ZOO_DIR / man[src]["file"]
-    obj = read_checkpoint(path)
-    meta = obj["meta"]
-    if meta["arch"] != args.model or meta["dataset"] != args.dataset:
-        raise UATError(f"--init-weights: {src} holds a {meta['arch']} model on {meta['dataset']}, "
-                       f"not {args.model} on {args.dataset}")
-    if [meta.get("in_channels"), meta.get("image_size")] != [train.shape[0], train.shape[1]]:
-        raise UATError(f"--init-weights: {src} expects {meta.get('in_channels')}×{meta.get('image_size')} images, "
-                       f"the data has {train.shape[0]}×{train.shape[1]}")
-    bad = [k for k, v in obj["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise UATError(f"--init-weights: {src} has NaN or Inf weights ({bad[0]})")
-    return {"state_dict": obj["state_dict"], "source": src if not Path(src).is_file() else path.name}
+    if path.is_file():
+        return path, path.name
+    man = read_manifest()["models"]
+    if src not in man:
+        raise UATError(f"--init-weights: {src} is neither a file nor a zoo model name")
+    return ZOO_DIR / man[src]["file"], src
 
 
-def train(argv: list[str]) -> dict:
-    """Train in this process exactly as ``uat train ARGV`` does (the same checks, resume, checkpoints, outputs
-    in ``--out``) and return the metrics it wrote to metrics.json. The zoo builds its models through this.
-
-    Raises :class:`UATError` for bad input, and when the run stops before its end (Ctrl-C / SIGTERM: the
-    checkpoint is saved, the same call with ``--resume`` continues)."""
-    args = build_parser().parse_args(["train", *argv])
-    args.argv = ["train", *argv]
-    sink: dict = {}
-    with _one_line_warnings():
-        rc = cmd_train(args, sink)
-    if rc != 0 or "metrics" not in sink:
-        raise UATError(f"training in {args.out} stopped before its end (exit {rc}); run it again with --resume")
-    return sink["metrics"]
-
-
-def cmd_train(args, sink: dict | None = None) -> int:
-    """``uat train``; with ``sink``, the metrics written to metrics.json are also put in ``sink["metrics"]``."""
-    import signal
-    import threading
-
-    from . import distributed, protocol
-    from .checkpoint import read_checkpoint, save_checkpoint
-    from .data import dataset_info
-    from .evaluation import evaluate_data
-    from .fileio import atomic_write, output_set, prepare_out_dir, write_json
-    from .models import arch_name, check_arch
-    from .pipeline import make_trainer, meta_for, robustness_report
-    from .training import default_config_for
-
-    # --- validate everything before any work; every process makes the same checks, so all stop together
-    args.model = arch_name(check_arch(args.model), args.width, args.shortcut)
-    info = dataset_info(args.dataset, args.image_size)
-    cfg = default_config_for(
-        args.dataset, args.model, algorithm=args.algorithm, epochs=args.epochs, batch_size=args.batch_size,
+def train_run(args) -> TrainRun:
+    """The TrainRun of ``uat train ARGS`` (nothing checked yet: :func:`run_training` validates it)."""
+    cfg = train_defaults(
+        args.dataset, algorithm=args.algorithm, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
         eps=args.eps, delta_rule=args.delta_rule, delta_lr=args.delta_lr, pgd_steps=args.pgd_steps,
         pgd_step_size=args.pgd_step_size, fgsm_random_start=args.fgsm_random_start,
         track_every=args.track_every, seed=args.seed, amp=args.amp, channels_last=args.channels_last,
         delta_pool=args.delta_pool, reseed_every=args.reseed_every, reseed_from=args.reseed_from,
         reseed_candidates=args.reseed_candidates, bank_share=args.bank_share,
-        label_smoothing=args.label_smoothing)
+        label_smoothing=args.label_smoothing, norm=args.norm)
     if args.no_augment:
         cfg.augment = False
-    cfg.validate()
-    _check_size(args.train_size, "--train-size")
-    _check_size(args.eval_size, "--eval-size")
-    report_eps = args.eps if args.report_eps is None else args.report_eps
-    if not args.no_report and not (0 < report_eps <= 255):
-        raise UATError(f"--report-eps must be in (0, 255], got {report_eps}")
-    _check_size(args.report_attack_size, "--report-attack-size")
-    _check_size(args.report_attack_epochs, "--report-attack-epochs")
-    _check_data_args(args)
+    init, source = _init_weights(args.init_weights) if args.init_weights else (None, None)
+    return TrainRun(_data_options(args), arch_name(check_arch(args.model), args.width, args.shortcut), cfg,
+                    Path(args.out), args.device, args.force, args.resume, args.train_size, args.eval_size, init,
+                    source, not args.no_report, args.report_eps, args.report_attack_size, args.report_attack_epochs,
+                    "python -m uat_core " + " ".join(args.argv))
 
-    out = Path(args.out)
-    ckpt_path = out / "checkpoint.pt"
-    obj = None
-    if args.resume:
-        if not ckpt_path.is_file():
-            raise UATError(f"nothing to resume: {ckpt_path} does not exist")
-        if (out / "model.pt").exists() and not args.force:
-            raise UATError(f"the run in {out} already finished (model.pt exists): nothing to resume "
-                           "(--force resumes anyway and overwrites its outputs)")
-        obj = read_checkpoint(ckpt_path)
-        if not obj.get("extra"):
-            raise UATError(f"{ckpt_path} holds no resume state")
-        if obj["meta"]["arch"] != args.model or obj["meta"]["dataset"] != args.dataset:
-            raise UATError(f"cannot resume: {ckpt_path} holds a {obj['meta']['arch']} model on "
-                           f"{obj['meta']['dataset']}, not {args.model} on {args.dataset}")
-    else:
-        prepare_out_dir(out, ["model.pt", "metrics.json", "checkpoint.pt", "delta.pt"], args.force)
 
-    world = distributed.world_size()              # under torchrun: DDP, one process per GPU (or CPU)
-    device = distributed.device_for(args.device)
-    rank = distributed.env_rank()
-    # a streamed split is read from disk as training goes; its files (and the test split's, so that a bad test
-    # folder stops the run now, not after training) are listed now and their headers checked first
-    train_stream = _open(args, "train", info, note=rank == 0)
-    test_stream = _open(args, "test", info, note=rank == 0)
-    group = distributed.start(device)
-    ok = False
-    try:
-        # --- work: rank 0 decodes (and caches) in-memory data first, the others then read its cache; a stream's
-        # headers are checked in shards, one a rank
-        if train_stream is None:
-            train = _data(args, "train", info, stream=None, group=group)
-            if args.train_size:
-                train = train.subset(args.train_size, args.seed)
-        else:
-            train = _data(args, "train", info, limit=args.train_size, stream=train_stream, group=group)
-        test = None if test_stream is None else _data(args, "test", info, limit=args.eval_size, stream=test_stream,
-                                                      group=group)
-        init = _init_weights(args, train) if args.init_weights else None
-        training_meta = {**cfg.to_dict(), "dataset": args.dataset, "train_size": len(train), "world_size": world,
-                         "command": "python -m uat_core " + " ".join(args.argv)}
-        if train_stream is not None:
-            training_meta["streamed"] = True
-        was_streamed = bool(obj["meta"].get("training", {}).get("streamed", False)) if obj is not None else None
-        if obj is not None and was_streamed != (train_stream is not None):
-            raise UATError(f"cannot resume: the checkpoint was trained on data "
-                           f"{'streamed from disk' if was_streamed else 'decoded into memory'} (another augmentation); "
-                           f"run with --stream {'on' if was_streamed else 'off'}")
-        if init is not None:
-            training_meta["init_weights"] = init["source"]
-        if obj is not None and obj["meta"].get("training", {}).get("train_size", len(train)) != len(train):
-            raise UATError(f"cannot resume: the checkpoint was trained on "
-                           f"{obj['meta']['training']['train_size']} images, not {len(train)} (--train-size)")
-        trainer = make_trainer(args.model, train, cfg, device, checkpoint_fn=lambda tr: save_checkpoint(
-            ckpt_path, tr.model, meta_for(args.model, train, training_meta), tr.state()))
-        if init is not None and obj is None:
-            trainer.model.net.load_state_dict(init["state_dict"])
-        if obj is not None:
-            trainer.load_state(obj["extra"])          # refuses another configuration: nothing written yet
-            trainer.model.net.load_state_dict(obj["state_dict"])
-            if rank == 0:
-                print(f"resuming at step {trainer.step_i}/{trainer.total} (epoch {trainer.epoch_i}/{cfg.epochs})",
-                      file=sys.stderr)
-
-        # Ctrl-C (SIGINT; torchrun forwards it to every process) or SIGTERM: finish the current step, save a
-        # checkpoint, exit with 130. A second Ctrl-C aborts at once (the last checkpoint stays).
-        def on_signal(signum, frame):
-            if trainer.stopping:
-                raise KeyboardInterrupt
-            trainer.stop()
-            if rank == 0:
-                print("\nstopping after this step to save a checkpoint (Ctrl-C again aborts)", file=sys.stderr)
-
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            res = trainer.run(progress=not args.quiet and rank == 0, desc=f"train {args.algorithm}")
-        except KeyboardInterrupt:
-            if rank == 0:
-                where = f"the checkpoint of epoch {trainer.epoch_i} is in {ckpt_path}" if ckpt_path.is_file() \
-                    else "no checkpoint was saved"
-                print(f"\naborted: {where}", file=sys.stderr)
-            return 130
-        finally:
-            for s, h in handlers.items():
-                signal.signal(s, h)
-        if res.stopped_early:
-            ok = True                                 # every rank stopped at the same step
-            if rank == 0:
-                print(f"interrupted at step {res.steps}/{trainer.total}: saved {ckpt_path}; run the same "
-                      "command with --resume to continue", file=sys.stderr)
-            return 130
-        # every rank scores its shard of the test split with rank 0's model (the one written); the counts are
-        # summed (in-memory: rank 0 decodes first)
-        if group is not None:
-            group.copy_from_first(trainer.model)
-        if test is None:
-            test = _data(args, "test", info, limit=args.eval_size, stream=None, group=group)
-        m = evaluate_data(trainer.model, test, None, test.num_classes, device=device, group=group)
-        ok = True                                     # every rank finished training and evaluating together
-        if rank != 0:
-            return 0                                  # only rank 0 reports and writes
-
-        metrics = {"dataset": args.dataset, "model": args.model, "algorithm": args.algorithm,
-                   "epochs": res.epochs_done, "steps": res.steps, "seconds": res.seconds,
-                   "passes": res.passes, "train_size": len(train), "world_size": world}
-        if res.rank_spread is not None:
-            metrics["rank_spread"] = res.rank_spread   # max |difference| of δ and weights across processes
-        metrics.update(clean_top1=m["clean_top1"], clean_top5=m["clean_top5"], eval_size=m["n"])
-        if train_stream is not None or test_stream is not None:
-            metrics["streamed"] = {"train": train_stream is not None, "test": test_stream is not None}
-        if not args.no_report:
-            rep = robustness_report(trainer.model, train, test, report_eps, args.report_attack_size,
-                                    args.report_attack_epochs, protocol.BETA, args.seed, device,
-                                    progress=not args.quiet)
-            rep.pop("delta")
-            metrics.update(robust_top1=rep["robust_top1"], robust_top5=rep["robust_top5"], robustness=rep)
-        metrics["config"] = cfg.to_dict()
-        metrics["history"] = res.history
-        # the final set replaces an old one whole (--force; checked before training); checkpoint.pt stays
-        with output_set(out, ["model.pt", "metrics.json", "delta.pt"], force=True) as stage:
-            if res.delta is not None:
-                atomic_write(stage / "delta.pt", lambda tmp: torch.save(res.delta, tmp))
-            save_checkpoint(stage / "model.pt", trainer.model, meta_for(args.model, train, training_meta,
-                                                                       {k: metrics[k] for k in metrics
-                                                                        if k in ("clean_top1", "robust_top1")}))
-            write_json(stage / "metrics.json", metrics)
-        if sink is not None:
-            sink["metrics"] = metrics
-        rob = f", robust top-1 {100 * metrics['robust_top1']:.1f}%" if "robust_top1" in metrics else ""
-        print(f"{args.algorithm}: clean top-1 {100 * metrics['clean_top1']:.1f}%{rob} "
-              f"({res.seconds:.1f} s of training); wrote {out}")
-        return 0
-    finally:
-        distributed.finish(group, ok)     # leave together: a gloo peer closing early can abort the others' threads
+def cmd_train(args) -> int:
+    """``uat train``: :func:`uat_core.recipes.runs.run_training` over the flags."""
+    return run_training(train_run(args)).code

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import zoo
-from .data import ImageData, load_dataset, resolve_data_root
+from .engine.data import ImageData, load_dataset, resolve_data_root
 
 EPS = {"cifar10": 8, "digits": 32}      # ε in 0-255 units: the paper's 8 on CIFAR-10; digits need more
 
@@ -70,7 +70,7 @@ def choose(needs=("natural",), prefer: str = "auto", seed: int = 0) -> Setup:
         torch.set_num_threads(int(os.environ.get("UAT_TEST_THREADS", "1")))
     torch.manual_seed(seed)
     root = _data_root()
-    have = bool(root) and Path(root).expanduser().is_dir()
+    have = bool(root and Path(root).expanduser().is_dir())
     cifar_zoo = {m["algorithm"]: m["name"] for m in zoo.list_models("cifar10")}
     missing = [a for a in needs if a not in cifar_zoo]
     use = prefer == "auto" and not fast and have and not missing

@@ -136,7 +136,7 @@ def robustness_bars(rows: list[dict], title: str = "Clean vs robust accuracy") -
 def study_figure(results: list[dict], paper: tuple[float, float] | None = (0.952, 0.092),
                  title: str = "What makes a classifier fall to one pattern (CIFAR-10, ε = 8)") -> go.Figure:
     """The vulnerability study as horizontal bars, one group per row (%): clean, the paper's Alg. 2 from δ = 0,
-    the best fixed pattern (the baseline) and the strong attack. results: ``uat_core.study.load_results()``
+    the best fixed pattern (the baseline) and the strong attack. results: ``uat_core.recipes.study.load_results()``
     (dicts with "row", "factor", "change", "clean_top1", "alg2_top1", "fixed_top1", "strong_top1"), drawn in
     the order given (top to bottom). ``paper``: (clean, attacked) of the paper's WRN 32-10, drawn as lines."""
     labels = [f"{r['row']}: {r['change']}" if len(r["change"]) <= 28 else f"{r['row']}: {r['factor']}"

@@ -44,7 +44,7 @@ def test_report_rows_are_the_zoo_models_and_match_a_plain_evaluation(digits_repo
     md = (tmp / "results.md").read_text()
     assert data["command"] in md and "--attack-epochs 1" in data["command"]
     assert json.loads((tmp / "results.json").read_text())["rows"] == json.loads(json.dumps(data["rows"]))
-    for label in ("natural", "uFGSM (Alg. 3)", "low-cost (Alg. 4)"):
+    for label in ("natural", "uFGSM (Alg. 3)", "low-cost uFGSM (Alg. 4)"):
         assert f"| {label} |" in md
     assert "best fixed pattern" in md and "per-instance PGD" in md
 

@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 from . import zoo
+from .recipes.profiles import DATASETS
 from .engine.data import ImageData, load_dataset, resolve_data_root
 
-EPS = {"cifar10": 8, "digits": 32}      # ε in 0-255 units: the paper's 8 on CIFAR-10; digits need more
+EPS = {ds: prof.eps for ds, prof in DATASETS.items()}   # ε in 0-255 units: the paper's 8 on CIFAR-10; digits 32
 
 
 @dataclass

@@ -12,9 +12,11 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-PALETTE = {"natural": "#636EFA", "uat": "#EF553B", "lowcost": "#00CC96", "fgsm": "#AB63FA", "pgd": "#FFA15A",
-           "uadam": "#19D3F3", "sgd": "#636EFA", "msgd": "#AB63FA", "adam": "#00CC96", "idf": "#7F7F7F",
-           "alg2": "#EF553B", "uat_pool": "#B6232A", "lowcost_pool": "#00785A"}
+from .recipes.profiles import ALGORITHMS
+
+# the training algorithms' colours come from the project's one table (recipes/profiles.py); the attacks' are here
+PALETTE = {**{a: v.color for a, v in ALGORITHMS.items()},
+           "sgd": "#636EFA", "msgd": "#AB63FA", "adam": "#00CC96", "idf": "#7F7F7F", "alg2": "#EF553B"}
 LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=80, b=45), height=380,
               title_y=0.97, title_yanchor="top",
               legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="right", x=1))

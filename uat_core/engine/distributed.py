@@ -4,7 +4,7 @@
 Under ``torchrun --nproc_per_node=N -m uat_core <command> ...`` every process runs the same command
 (``WORLD_SIZE`` = N, ``RANK`` = r; one GPU each under NCCL, else the CPU under gloo):
 
-    train    DistributedDataParallel (``training.py``): global batch i of an epoch is
+    train    DistributedDataParallel (``training/loop.py``): global batch i of an epoch is
              ``order[i·B·N:(i+1)·B·N]`` of the epoch's permutation and rank r takes the r-th block of B (a
              streamed training set: rank r decodes only its block); the test split is then scored as by eval
     attack   Alg. 2 over the same blocks of its attack set (a distributed sampler): each rank sums the δ

@@ -5,9 +5,10 @@
     python -m uat_core.zoo report --dataset cifar10          # writes docs/results.md
     python -m uat_core.zoo list
 
-Each build trains through the CLI into ``runs/zoo/<name>`` (checkpoint every epoch, so an interrupted
+Each build trains with its recipe (``builder.RECIPES``: TrainConfig fields) through ``recipes.runs.run_training``, as
+``uat train`` does, into ``runs/zoo/<name>`` (checkpoint every epoch, so an interrupted
 build resumes where it stopped), copies the weights to ``assets/models/<name>.pt``, builds the default
-universal perturbation against it with the strong attack (``attacks/strong.py``; β = 9, 10 epochs) as
+universal perturbation against it with the strong attack (``engine/attacks/strong.py``; β = 9, 10 epochs) as
 ``<name>.delta.pt``, measures the best fixed bank pattern beside it and records everything in
 ``assets/models/manifest.json``. ``reattack`` rebuilds the shipped perturbations of existing models. The
 app and the notebooks load models by name from here.

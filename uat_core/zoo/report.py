@@ -16,6 +16,7 @@ import torch
 
 from ..recipes import protocol, study    # study's names are looked up when used (tests replace load_results)
 from ..recipes.pipeline import heldout_report
+from ..recipes.profiles import ALGORITHMS, DATASETS
 from ..engine.attacks.pgd import pgd_accuracy
 from ..engine.data import load_dataset
 from ..engine.device import pick_device
@@ -28,9 +29,7 @@ from .store import list_models, load_zoo_model, load_zoo_perturbation, trained_o
 # The paper's Table 1 (CIFAR-10, WRN 32-10, ε = 8; accuracy under a universal perturbation made by its
 # SGD attack). Only the rows the paper's abstract and text state are reproduced here.
 PAPER = {"natural": (95.2, 9.2), "uat": (93.5, 91.8), "lowcost": (93.5, 86.1)}
-LABELS = {"natural": "natural", "uat": "uFGSM (Alg. 3)", "lowcost": "low-cost (Alg. 4)",
-          "fgsm": "per-instance FGSM", "pgd": "per-instance PGD", "uadam": "uADAM (Alg. 3, ADAM δ)",
-          "uat_pool": "uFGSM + pool of 4 δ", "lowcost_pool": "low-cost + pool of 4 δ"}
+LABELS = {a: v.label for a, v in ALGORITHMS.items()}          # the project's one table (recipes/profiles.py)
 
 
 PGD_SLICE, PGD_STEPS = 500, 10        # per-instance PGD (the upper bound of any universal attack): test slice, K
@@ -70,7 +69,7 @@ def write_report(dataset: str, data_root: str | None, attack_size: int | None, o
     t0 = time.perf_counter()
     base_eps = entries[0]["eps"]
     eps_list = [base_eps, 3 * base_eps // 2, 2 * base_eps]
-    attack_size = attack_size or (2000 if dataset == "cifar10" else 1297)
+    attack_size = attack_size or DATASETS[dataset].attack_size
     train = load_dataset(dataset, "train", data_root, limit=attack_size, seed=0, progress=False)
     test = load_dataset(dataset, "test", data_root, progress=False)
     pgd_set = test.subset(pgd_size, 0) if pgd_size else None

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..batches import shuffled_blocks
 from ..constraints import apply, check_norm, norm_of, project
 from ..errors import UATError
 from ..events import Event, Run, check_finite
@@ -90,9 +91,7 @@ class IDeepFool(Run):
         with frozen(self.model) as model:
             clean = self._clean_pred(model)
             for epoch in range(cfg.max_passes):
-                order = torch.randperm(len(self.x), generator=gen).to(self.device)
-                for b in range(self.steps_per_epoch):
-                    idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                for idx in shuffled_blocks(len(self.x), cfg.batch_size, gen, self.steps_per_epoch, device=self.device):
                     x = self.x[idx]
                     with torch.no_grad():
                         logits = model(apply(x, v))                           # (B,K)

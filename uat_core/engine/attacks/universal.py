@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..batches import shuffled_blocks
 from ..constraints import Ball, Update, apply, check_norm, norm_of, project
 from ..errors import UATError
 from ..events import Event, Run, check_finite
@@ -178,10 +179,8 @@ class UniversalAttack(Run):
         B, rank = cfg.batch_size, self.group.rank if self.group is not None else 0
         with frozen(self.model) as model:
             for epoch in range(cfg.epochs):
-                order = torch.randperm(len(self.x), generator=gen).to(self.device)
-                for b in range(self.steps_per_epoch):
-                    start = (b * self.world + rank) * B                    # this rank's block of batch b
-                    idx = order[start:start + B]
+                for idx in shuffled_blocks(len(self.x), B, gen, self.steps_per_epoch, self.world, rank,
+                                           self.device):                  # this rank's block of each batch
                     x, y = self.x[idx], self.y[idx]                        # (B,C,H,W), (B,)
                     if self.group is None:
                         logits = model(apply(x, delta))                    # (B,K)

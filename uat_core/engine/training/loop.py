@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..augment import crop_flip
+from ..batches import block
 from ..constraints import Ball, apply
 from ..errors import UATError
 from ..events import Event, Run
@@ -289,9 +290,7 @@ class Trainer(Run):
 
     def _batch(self, order, epoch: int, i: int):
         """This rank's block of global batch i: (x (B,C,H,W) float in [0,1], y (B,), step generator)."""
-        B = self.cfg.batch_size
-        start = i * B * self.world + self.rank * B
-        idx = order[start:start + B]
+        idx = block(order, i, self.cfg.batch_size, self.world, self.rank)
         gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, epoch, i, self.rank))
         x = self.data.images[idx].to(self.device, non_blocking=True).float().div_(255)
         y = self.data.labels[idx].to(self.device, non_blocking=True)
@@ -304,11 +303,10 @@ class Trainer(Run):
     def _stream_batches(self, order, epoch: int, first: int):
         """Steps ``first`` … of an epoch over a stream: this rank's block of each global batch (the blocks
         ``_batch`` takes), decoded by the stream's workers; yields what ``_batch`` returns."""
-        B, c = self.cfg.batch_size, self.cfg
+        c = self.cfg
         keys = []
         for i in range(first, self.steps_per_epoch):
-            start = i * B * self.world + self.rank * B
-            idx = order[start:start + B].tolist()
+            idx = block(order, i, c.batch_size, self.world, self.rank).tolist()
             # augmentation: image j's own draws (seed, epoch, j), whatever worker decodes it
             keys.append([(j, step_seed(c.seed, epoch, j, 30_011), c.flip) for j in idx] if c.augment else idx)
         feed = self.data.iterate(keys, pin=self.device.type == "cuda")

@@ -353,7 +353,7 @@ def cells():
 
         The paper's natural WRN 32-10 (95.2 % clean) falls to **9.2 %** under one universal δ at ε = 8. The zoo's
         natural ResNet-20 keeps far more, even under the strong attack of section 6. The attack is the same, so
-        the difference lies in the classifiers. The project's **vulnerability study** (`uat_core/study.py`, run
+        the difference lies in the classifiers. The project's **vulnerability study** (`uat_core/recipes/study.py`, run
         by `bench/vulnerability_study.py`) trains CIFAR-10 classifiers that differ from one base recipe in **one
         factor at a time** and measures each with the same protocol (ε = 8, attack built on 2,000 training
         images, scored on all 10,000 test images). Its results ship in `docs/study/`:

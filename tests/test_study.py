@@ -1,4 +1,4 @@
-"""The vulnerability study (uat_core/study.py, bench/vulnerability_study.py): rows are valid commands, the
+"""The vulnerability study (uat_core/recipes/study.py, bench/vulnerability_study.py): rows are valid commands, the
 table and the plot show the figures they are given, and bad requests are one-line errors."""
 from __future__ import annotations
 

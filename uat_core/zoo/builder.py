@@ -169,6 +169,7 @@ def build(dataset: str, only: list[str] | None = None, data_root: str | None = N
             "clean_top1": metrics["clean_top1"], "robust_top1": metrics.get("robust_top1"),
             "train_seconds": round(metrics["seconds"], 1), "passes": metrics.get("passes"),
             "command": (meta["training"].get("command") or "").replace(str(ROOT) + os.sep, ""),
+            "recipe": " ".join(_flags(recipe(dataset, algo, dev))),       # what differs between the zoo's models
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             "built": _dt.date.today().isoformat(),
         }
@@ -204,6 +205,7 @@ def add_study_model(row: str, data_root: str | None = None, device: str | None =
         "epochs": metrics["epochs"], "train_size": metrics["train_size"], "clean_top1": metrics["clean_top1"],
         "train_seconds": round(metrics["seconds"], 1), "passes": metrics.get("passes"),
         "command": study.command(row),      # the study's command, whatever folder the run was made in
+        "recipe": f"{study.ROWS[row][0]}: {study.ROWS[row][1]}",
         "device": "cpu", "built": _dt.date.today().isoformat(),
     }
     write_manifest(man)

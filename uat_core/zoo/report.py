@@ -79,7 +79,7 @@ def write_report(dataset: str, data_root: str | None, attack_size: int | None, o
         model, _ = load_zoo_model(e["name"], device=dev)
         models[e["algorithm"]] = model
         row = {"name": e["name"], "algorithm": e["algorithm"], "epochs": e["epochs"],
-               "train_seconds": e["train_seconds"], "trained_eps": e["eps"], "recipe": _recipe(e.get("command", "")),
+               "train_seconds": e["train_seconds"], "trained_eps": e["eps"], "recipe": e.get("recipe", ""),
                "trained_on": e.get("device", "cpu"), "fine_tuned_from": e.get("fine_tuned_from")}
         row["clean_top1"] = _perturbed_top1(model, test, None)
         for eps in eps_list:
@@ -242,12 +242,6 @@ def _perturbed_top1(model, test, delta: torch.Tensor | None) -> float:
     """Top-1 of ``model`` on the test split + δ (clean with None): one pass, top-1 only."""
     top, _ = predict(model, test.images, delta, topk=1)
     return (top[:, 0] == test.labels.cpu()).float().mean().item()
-
-
-def _recipe(command: str) -> str:
-    """The algorithm-specific part of a zoo model's training command (what differs between models)."""
-    tail = command.split("--seed 0", 1)[-1].split("--data-root")[0]
-    return tail.strip()
 
 
 def _p(v):

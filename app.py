@@ -3,7 +3,8 @@
     streamlit run app.py                              # digits offline, CIFAR-10 if UAT_DATA is set
     streamlit run app.py -- --data-root ../shared/data/cifar10-jpeg
 
-The pages live in ``pages/``; their shared helpers in ``webapp/``; the engine in ``uat_core/``.
+The pages live in ``pages/``, each described once in ``webapp/pages_spec.py`` (the navigation below is built
+from it); their shared helpers in ``webapp/``; the engine in ``uat_core/``.
 Every setting is part of the URL, so a copied link reproduces the view.
 """
 from __future__ import annotations
@@ -39,28 +40,18 @@ st.set_page_config(page_title="UAT Lab", page_icon=":material/shield:", layout="
                    menu_items={"About": "UAT Lab — universal perturbations and universal adversarial training "
                                         "(Shafahi et al., AAAI 2020, arXiv:1811.11304)."})
 
-from webapp import cifar, live, state  # noqa: E402
+from webapp import cifar, live  # noqa: E402
+from webapp.pages_spec import PAGES, PageSpec  # noqa: E402
+from webapp.state import data  # noqa: E402
 
-# slot -> (file, title, url, icon). The URL is the file's stem: before the first script run Streamlit
-# resolves a deep link against the files in pages/, and only then st.navigation takes over.
-PAGES = {
-    "home": ("pages/home.py", "Home", "home", ":material/home:"),
-    "lab": ("pages/attack_lab.py", "Universal attack lab", "attack_lab", ":material/science:"),
-    "beta": ("pages/beta_clipping.py", "β clipping", "beta_clipping", ":material/content_cut:"),
-    "race": ("pages/optimizer_race.py", "Optimizer race", "optimizer_race", ":material/sprint:"),
-    "uat": ("pages/uat_training.py", "Universal adversarial training", "uat_training", ":material/shield:"),
-    "idf": ("pages/idf_vs_alg2.py", "iDeepFool vs Alg. 2", "idf_vs_alg2", ":material/timer:"),
-    "size": ("pages/data_size.py", "How much data", "data_size", ":material/dataset:"),
-    "bank": ("pages/starting_points.py", "Why starting points matter", "starting_points", ":material/grid_on:"),
-    "transfer": ("pages/transfer.py", "Transfer", "transfer", ":material/swap_horiz:"),
-    "why": ("pages/vulnerability.py", "Why some models fall", "vulnerability", ":material/compare:"),
-}
-PAGE_PREFIXES = tuple(f"{slot}_" for slot in PAGES if slot != "home")
+HOME = next(iter(PAGES))                                # the first page is the default one
+PAGE_PREFIXES = tuple(f"{p}_" for p in PAGES if p != HOME)
 
 
-def _page(slot: str) -> st.Page:
-    f, title, url, icon = PAGES[slot]
-    return st.Page(f, title=title, url_path=url, icon=icon, default=slot == "home")
+def _page(spec: PageSpec) -> st.Page:
+    # The URL is the file's stem: before the first script run Streamlit resolves a deep link against the files
+    # in pages/, and only then st.navigation takes over.
+    return st.Page(spec.path, title=spec.title, url_path=spec.url, icon=spec.icon, default=spec.id == HOME)
 
 
 def _reset_page_settings() -> None:
@@ -71,16 +62,14 @@ def _reset_page_settings() -> None:
     st.session_state.pop("_latest", None)
 
 
-nav = st.navigation({
-    "Overview": [_page("home")],
-    "Attacking: Alg. 2": [_page("lab"), _page("bank"), _page("beta"), _page("race"), _page("idf"), _page("size")],
-    "Defending: Alg. 3 and 4": [_page("uat"), _page("transfer")],
-    "What makes a model vulnerable": [_page("why")],
-})
+sections: dict[str, list[st.Page]] = {}                 # the navigation: the pages by section, in their order
+for spec in PAGES.values():
+    sections.setdefault(spec.section, []).append(_page(spec))
+nav = st.navigation(sections)
 
 with st.sidebar:
-    options = state.available_datasets()
-    default = state.default_dataset()
+    options = data.available_datasets()
+    default = data.default_dataset()
     # shown as their plain names: a bound widget puts what it shows into the URL, so ?dataset=digits works
     st.selectbox("Dataset", options, index=options.index(default) if default in options else 0,
                  key="dataset", bind="query-params", persist_state="session", on_change=_reset_page_settings,
@@ -89,6 +78,6 @@ with st.sidebar:
                       "A link with ?dataset=digits or ?dataset=cifar10 opens that dataset.")
     cifar.offer(options)        # without CIFAR-10: its download button and progress bar
 
-current = next((slot for slot, (f, title, url, icon) in PAGES.items() if nav.url_path == url), "home")
-live.background(current, {slot: p[1] for slot, p in PAGES.items()})
+current = next((p.id for p in PAGES.values() if p.url == nav.url_path), HOME)
+live.background(current, {p.id: p.title for p in PAGES.values()})
 nav.run()

@@ -6,14 +6,15 @@ import math
 import streamlit as st
 
 from uat_core import plots
-from uat_core.attacks.universal import DEFAULT_STEP
-from uat_core import experiments
-from uat_core.export import comparison_grid
-from webapp import live, page, state, ui
+from uat_core.engine.attacks.universal import DEFAULT_STEP
+from uat_core.recipes import experiments
+from uat_core.engine.export import comparison_grid
+from webapp import live, page, ui
 from webapp import settings as S
+from webapp.state import data, models, results
 
 PAGE = "lab"
-P = page.open_page(PAGE, "Universal attack lab",
+P = page.open_page(PAGE,
                    "One perturbation δ, added to **every** image, built by stochastic gradient ascent on a few hundred "
                    "training images (Alg. 2). Set the budget on the left and press **Run**: the accuracy curve and δ "
                    "grow step by step; the test accuracy under δ comes at the end.", "Alg. 2, eq. (3), Figs. 2-3",
@@ -26,7 +27,7 @@ norm = sb.radio("Norm", ["linf", "l2"], format_func={"linf": "ℓ∞", "l2": "�
 if norm == "linf":
     eps = P.eps_slider(0)
 else:
-    eps = sb.slider("ε, ℓ2 radius (0-255 units)", 0, D["eps_l2_max"], D["eps_l2"], step=5,
+    eps = sb.slider("ε, ℓ2 radius (0-255 units)", 0, D.eps_l2_max, D.eps_l2, step=5,
                     help="‖δ‖₂ ≤ ε/255 with images in [0, 1] (the engine allows up to 255, a radius of 1).",
                     **ui.w(PAGE, "eps2"))
 beta = sb.select_slider("β (clip of the per-image loss)", S.BETAS, d["beta"], format_func=S.fmt_beta,
@@ -39,7 +40,7 @@ step = sb.number_input("Step size τ (0-255 units; empty = auto)", min_value=0.0
                        help="PGD/ADAM: about τ per pixel and step. SGD/MSGD: τ per unit gradient.",
                        **ui.w(PAGE, "step"))
 epochs = sb.slider("Epochs (passes over the attack set)", 1, 20, d["epochs"], **ui.w(PAGE, "epochs"))
-size = sb.select_slider("Attack-set size (training images)", D["attack_sizes"], d["attack_size"],
+size = sb.select_slider("Attack-set size (training images)", D.attack_sizes, d["attack_size"],
                         **ui.w(PAGE, "size"))
 classes = train.classes
 target = sb.selectbox("Target class", [None] + list(range(len(classes))),
@@ -53,11 +54,11 @@ strong = sb.toggle("Strong attack (multi-start search)", d["strong"], **ui.w(PAG
 
 s = P.settings(norm=norm, eps=eps, beta=float(beta), optimizer=opt, step_size=None if step is None else float(step),
                epochs=int(epochs), attack_size=int(size), target=target, seed=int(seed), strong=bool(strong))
-key, default_key = P.keys(s)
+want, default = P.refs(s)
 steps_planned = s["epochs"] * math.ceil(min(s["attack_size"], len(train)) / 128) * (2 if strong else 1)
 
 
-make_job = P.job_maker(s, key, lambda job: not job.result["stopped"], show={"eps": eps, "norm": norm})
+make_job = P.job_maker(s, lambda job: not job.result["stopped"], show={"eps": eps, "norm": norm})
 if eps == 0:
     sb.warning("ε = 0 leaves the images unchanged: pick ε > 0 to attack.")
 P.controls(make_job, s, disabled=picked is None or eps == 0,
@@ -110,33 +111,32 @@ if job is not None and not job.done:
 @st.cache_data(show_spinner="Evaluating the shipped perturbation …", max_entries=16)
 def shipped_result(ds: str, algo: str, sha: str, test_size: int) -> dict:
     """The zoo model's own shipped δ on the test images (when nothing has been computed yet)."""
-    p = state.zoo_model(ds, algo)
-    return experiments.shipped(p.model, state.zoo_delta(ds, algo), state.test_set(ds, test_size), p.entry,
-                               state.device())
+    p = models.zoo_model(ds, algo)
+    return experiments.shipped(p.model, models.zoo_delta(ds, algo), data.test_set(ds, test_size), p.entry,
+                               data.device())
 
 
 if picked is None:
     st.stop()
-shown = state.find(PAGE, ds, key, default_key)
-shipped = picked.entry is not None and state.zoo_delta(ds, s["model"]) is not None
-if shown.kind == "none" and shipped:
+shown = results.find(want, default)
+shipped = picked.entry is not None and models.zoo_delta(ds, s["model"]) is not None
+if shown is None and shipped:
     res = shipped_result(ds, s["model"], picked.entry["sha256"], d["test_size"])
     a = picked.entry.get("perturbation_attack", {})
     how = (f"the strong attack, winning start `{a.get('start')}`" if a.get("attack") == "strong" else "Alg. 2")
     st.info(f"Showing the perturbation shipped with this zoo model ({how}, ε = {a.get('eps')}, β = {a.get('beta')}, "
             f"{a.get('epochs')} epochs on {a.get('attack_size')} images). Press **Run** to build one live.",
             icon=":material/inventory_2:")
-    shown_key = f"{PAGE}|{ds}|shipped:{picked.tag}|{{}}"
-elif shown.kind == "none":
+    shown_key, ss = S.Ref(PAGE, ds, f"shipped:{picked.tag}", {}).key, {}
+elif shown is None:
     st.info("No result for these settings yet: press **Run**.")
     st.stop()
 else:
-    res, shown_key = shown.result, shown.key
+    res, shown_key, ss = shown.result, shown.key, shown.settings
     ui.shown_note(shown)
     if res.get("stopped"):
         st.warning(f"This run was stopped after {res['steps']} steps: the numbers are for the partial δ.")
 
-ss = S.settings_of(shown_key) if shown.kind != "none" else {}
 res_eps = float(ss.get("eps", eps)) if ss else float(picked.entry.get("eps", eps))
 res_norm = ss.get("norm", "linf")
 m = res["metrics"]
@@ -191,4 +191,4 @@ with c2:
 
 st.subheader("Downloads")
 stem = f"delta_{ds}_{ss.get('model', s['model'])}_eps{res_eps:g}"
-ui.downloads(shown_key, res, ui.picture_eps(res["delta"], res_eps, res_norm), stem)
+ui.downloads(shown_key, ss, res, ui.picture_eps(res["delta"], res_eps, res_norm), stem)

@@ -7,12 +7,12 @@ import pandas as pd
 import streamlit as st
 
 from uat_core import plots
-from uat_core.experiments import beta_points, summarize
+from uat_core.recipes.experiments import beta_points, summarize
 from webapp import live, page, ui
 from webapp import settings as S
 
 PAGE = "beta"
-P = page.open_page(PAGE, "β clipping",
+P = page.open_page(PAGE,
                    "Alg. 2 maximises the cross-entropy **clipped at β**. Each point below is a full attack (PGD, sign "
                    "gradient by default) built on a random subset of training images and measured on the test images; "
                    "the error bars are the spread over the random subsets. Lower accuracy = stronger attack. The "
@@ -24,17 +24,17 @@ ds, D, d, train, test, sb, picked = P.ds, P.D, P.d, P.train, P.test, P.sb, P.pic
 eps = P.eps_slider()
 betas = sb.multiselect("β values", S.BETAS, d["betas"], format_func=S.fmt_beta, **ui.w(PAGE, "betas"))
 repeats = sb.slider("Random attack subsets per β", 1, 5, d["repeats"], **ui.w(PAGE, "repeats"))
-size = sb.select_slider("Attack-set size", D["attack_sizes"], d["attack_size"], **ui.w(PAGE, "size"))
+size = sb.select_slider("Attack-set size", D.attack_sizes, d["attack_size"], **ui.w(PAGE, "size"))
 epochs = sb.slider("Epochs per attack", 1, 10, d["epochs"], **ui.w(PAGE, "epochs"))
 opt = sb.segmented_control("Optimizer", list(S.OPTIMIZERS), default=d["optimizer"], required=True,
                            format_func=lambda o: S.OPT_LABEL[o].split(" ")[0], **ui.w(PAGE, "opt"))
 
 betas = sorted(float(b) for b in betas)
 s = P.settings(eps=eps, betas=betas, repeats=int(repeats), attack_size=int(size), epochs=int(epochs), optimizer=opt)
-key, default_key = P.keys(s)
+want, default = P.refs(s)
 
 
-make_job = P.job_maker(s, key, lambda job: job.result["complete"])
+make_job = P.job_maker(s, lambda job: job.result["complete"])
 n_attacks = len(beta_points(s))
 P.controls(make_job, s, disabled=picked is None or not betas,
            help=f"{n_attacks} attacks, each on {size} images for {epochs} epochs")
@@ -59,7 +59,7 @@ def figure(rows, clean):
 
 
 job = live.panel(PAGE, lambda j: live.sweep_panel(j, lambda rows, clean: figure(rows, clean)[0], "beta"))
-shown = live.stored_result(PAGE, ds, job, picked, key, default_key, sweep=True)
+shown = live.stored_result(job, want, default, sweep=True)
 res = shown.result
 rows = res["rows"]
 fig, xs, means, stds = figure(rows, res.get("clean_top1"))

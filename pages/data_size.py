@@ -5,11 +5,11 @@ import pandas as pd
 import streamlit as st
 
 from uat_core import plots
-from uat_core.experiments import size_points, summarize
+from uat_core.recipes.experiments import size_points, summarize
 from webapp import live, page, ui
 
 PAGE = "size"
-P = page.open_page(PAGE, "How much data does a universal attack need?",
+P = page.open_page(PAGE,
                    "Each point is a plain Alg. 2 attack (from δ = 0, not the strong attack) built on a random "
                    "subset of *n* training images and measured on the test images, which it never saw. Every attack "
                    "takes about the same number of steps (whole passes over its images, as near the setting as they "
@@ -17,7 +17,7 @@ P = page.open_page(PAGE, "How much data does a universal attack need?",
                    "handful of images per class already enough (Fig. 6); the cards below say how it goes here.",
                    "Fig. 6", "Settings")
 ds, D, d, train, test, sb, picked = P.ds, P.D, P.d, P.train, P.test, P.sb, P.picked
-SIZES = sorted(set(d["sizes"] + D["attack_sizes"] + [10, 25, 50]))
+SIZES = sorted(set(d["sizes"] + D.attack_sizes + [10, 25, 50]))
 
 eps = P.eps_slider()
 sizes = sb.multiselect("Attack-set sizes n", [n for n in SIZES if n <= len(train)], d["sizes"], **ui.w(PAGE, "sizes"))
@@ -25,10 +25,10 @@ repeats = sb.slider("Random subsets per size", 1, 5, d["repeats"], **ui.w(PAGE, 
 steps = sb.slider("Steps per attack", 5, 60, d["steps"], step=5, **ui.w(PAGE, "steps"))
 sizes = sorted(int(n) for n in sizes)
 s = P.settings(eps=eps, sizes=sizes, repeats=int(repeats), steps=int(steps))
-key, default_key = P.keys(s)
+want, default = P.refs(s)
 
 
-make_job = P.job_maker(s, key, lambda job: job.result["complete"])
+make_job = P.job_maker(s, lambda job: job.result["complete"])
 P.controls(make_job, s, disabled=picked is None or not sizes)
 sb.caption(f"{len(size_points(s, len(train)))} attacks · PGD, β = 9 · accuracy on {len(test)} test images")
 
@@ -41,7 +41,7 @@ def figure(rows, clean):
 
 
 job = live.panel(PAGE, lambda j: live.sweep_panel(j, lambda rows, clean: figure(rows, clean)[0], "size"))
-shown = live.stored_result(PAGE, ds, job, picked, key, default_key, sweep=True)
+shown = live.stored_result(job, want, default, sweep=True)
 res = shown.result
 rows = res["rows"]
 fig, xs, means, stds = figure(rows, res.get("clean_top1"))

@@ -4,19 +4,21 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from uat_core import experiments
+from uat_core.recipes import experiments
 from uat_core.zoo import trained_on
 from webapp import settings as S
-from webapp import state, ui
+from webapp import ui
 from webapp.boot import through_app
+from webapp.pages_spec import PAGES
+from webapp.state import data, models
 
 through_app()
 
-ds = state.dataset()
+ds = data.dataset()
 D = S.DATASET[ds]
 
 st.title("UAT Lab")
-zoo = state.zoo(ds)
+zoo = models.zoo(ds)
 st.markdown(f"#### {ui.headline(zoo.get('natural'))}")
 st.caption("An interactive companion to Shafahi, Najibi, Xu, Dickerson, Davis and Goldstein, *Universal "
            "Adversarial Training*, AAAI 2020 ([arXiv:1811.11304](https://arxiv.org/abs/1811.11304)).")
@@ -25,9 +27,9 @@ st.caption("An interactive companion to Shafahi, Najibi, Xu, Dickerson, Davis an
 @st.cache_data(show_spinner=False, max_entries=8)
 def hero(ds: str, sha: str, n: int = 8, ncol: int = 4) -> tuple[bytes, bytes, dict]:
     """The natural zoo model's shipped δ, and the first test images clean and with δ, as PNGs."""
-    p = state.zoo_model(ds, "natural")
-    return experiments.hero_pictures(p.model, state.zoo_delta(ds, "natural"), state.test_set(ds, D["test_size"]),
-                                     float(p.entry["eps"]), n, ncol, state.device())
+    p = models.zoo_model(ds, "natural")
+    return experiments.hero_pictures(p.model, models.zoo_delta(ds, "natural"), data.test_set(ds, D.test_size),
+                                     float(p.entry["eps"]), n, ncol, data.device())
 
 
 left, right = st.columns([5, 4], gap="large")
@@ -41,7 +43,7 @@ with left:
                 "backward pass, at the cost of natural training (Alg. 4, *low-cost*):")
     st.latex(r"\min_\theta\ \max_{\|\delta\|_\infty\le\epsilon}\ \frac1N\sum_i \ell\big(f_\theta(x_i+\delta),y_i\big)")
 with right:
-    if "natural" in zoo and state.zoo_delta(ds, "natural") is not None:
+    if "natural" in zoo and models.zoo_delta(ds, "natural") is not None:
         e = zoo["natural"]
         dpng, gpng, cnt = hero(ds, e["sha256"])
         c1, c2 = st.columns([2, 3])
@@ -62,15 +64,15 @@ st.divider()
 c1, c2 = st.columns([2, 3], gap="large")        # the models' table needs the wider half: six columns
 with c1:
     st.subheader("Data in use")
-    src = state.cifar_source()
+    src = data.cifar_source()
     if ds == "cifar10":
         st.success(f"**CIFAR-10**, read from {src}. Test accuracy is measured on a fixed stratified "
-                   f"subset of {D['test_size']:,} test images to keep the pages quick.", icon=":material/image:")
+                   f"subset of {D.test_size:,} test images to keep the pages quick.", icon=":material/image:")
     else:
         why = "" if src is None else " (CIFAR-10 is available: switch in the sidebar)"
         st.info(f"**Digits**: scikit-learn's bundled 8x8 handwritten digits, upsampled to 32x32 "
                    f"(1,297 training and 500 test images), the offline fallback{why}. "
-                   f"Budgets use ε = 32/255 here. {D['why_eps']}", icon=":material/draw:")
+                   f"Budgets use ε = 32/255 here. {D.why_eps}", icon=":material/draw:")
         if src is None:
             st.caption("CIFAR-10 is not on this machine: press **Download CIFAR-10** in the sidebar, set "
                        "`UAT_DATA` to a CIFAR-10 folder (ImageFolder with train/ and test/, or a torchvision root) "
@@ -102,21 +104,8 @@ with c2:
 
 st.divider()
 st.subheader("The pages")
-links = [
-    ("pages/attack_lab.py", "Universal attack lab", "build δ live with every knob: ε, β, optimizer, norm, target, "
-                                                    "and the strong attack"),
-    ("pages/starting_points.py", "Why starting points matter", "fixed stripes and checkerboards, and why δ = 0 is a "
-                                                               "bad start"),
-    ("pages/beta_clipping.py", "β clipping", "does clipping the loss make a stronger attack? (Fig. 5)"),
-    ("pages/optimizer_race.py", "Optimizer race", "SGD, MSGD, ADAM and PGD on the same data (Figs. 2-3)"),
-    ("pages/idf_vs_alg2.py", "iDeepFool vs Alg. 2", "the older attack against the new one (Table 2)"),
-    ("pages/data_size.py", "How much data", "how many images an attack needs (Fig. 6)"),
-    ("pages/uat_training.py", "Universal adversarial training", "train natural, UAT and low-cost live (Table 1)"),
-    ("pages/transfer.py", "Transfer", "does model A's δ fool model B?"),
-    ("pages/vulnerability.py", "Why some models fall", "what in a classifier's recipe makes one pattern fool it: "
-                                                       "the study, and two natural models side by side"),
-]
-for f, title, what in links:
-    st.page_link(f, label=f"**{title}** — {what}", icon=":material/arrow_forward:")
+for p in PAGES.values():
+    if p.summary:
+        st.page_link(p.path, label=f"**{p.title}** — {p.summary}", icon=":material/arrow_forward:")
 st.caption("Every page opens with a precomputed result; press Run to compute your own. Settings live in the "
            "URL: copy it to share the exact view.")

@@ -10,7 +10,7 @@ from webapp import live, page, ui
 PAGE = "idf"
 NAMES = {"idf": "iDeepFool (Alg. 1)", "alg2": "Alg. 2 (PGD, β = 9)"}
 SHORT = {"idf": "iDeepFool", "alg2": "Alg. 2"}
-P = page.open_page(PAGE, "iDeepFool vs Alg. 2",
+P = page.open_page(PAGE,
                    "The original universal perturbation (Moosavi-Dezfooli et al., 2017) runs DeepFool on every image "
                    "that is not fooled yet and folds its minimal step into δ (Alg. 1, *iDeepFool*): many backward "
                    "passes per image. Alg. 2 takes one gradient step per minibatch. Both run here on the same model "
@@ -24,10 +24,10 @@ size = sb.select_slider("Attack-set size (both methods)", [32, 64, 128, 256, 500
 passes = sb.slider("iDeepFool passes over the images", 1, 5, d["idf_passes"], **ui.w(PAGE, "passes"))
 epochs = sb.slider("Alg. 2 epochs", 1, 20, d["alg2_epochs"], **ui.w(PAGE, "epochs"))
 s = P.settings(eps=eps, attack_size=int(size), idf_passes=int(passes), alg2_epochs=int(epochs))
-key, default_key = P.keys(s)
+want, default = P.refs(s)
 
 
-make_job = P.job_maker(s, key, lambda job: not job.stopping and set(job.result) == {"idf", "alg2"}, show={"eps": eps})
+make_job = P.job_maker(s, lambda job: not job.stopping and set(job.result) == {"idf", "alg2"}, show={"eps": eps})
 P.controls(make_job, s, disabled=picked is None)
 sb.caption(f"iDeepFool works on minibatches of {d['idf_batch']} images (DeepFool: 10 candidate classes, up to 10 "
            "iterations each), so one of its steps can take a few seconds on a CPU.")
@@ -47,7 +47,7 @@ def draw(job):
 
 
 job = live.panel(PAGE, draw)
-shown = live.stored_result(PAGE, ds, job, picked, key, default_key)
+shown = live.stored_result(job, want, default)
 res = shown.result
 sh_eps = float(shown.settings.get("eps", eps))
 methods = [m for m in ("idf", "alg2") if m in res]

@@ -5,13 +5,13 @@ import pandas as pd
 import streamlit as st
 
 from uat_core import plots
-from uat_core.attacks.universal import DEFAULT_STEP
+from uat_core.engine.attacks.universal import DEFAULT_STEP
 from webapp import live, page, ui
 from webapp import settings as S
 
 PAGE = "race"
 ORDER = ("sgd", "msgd", "adam", "pgd")
-P = page.open_page(PAGE, "Optimizer race",
+P = page.open_page(PAGE,
                    "The same images, the same budget ε, the same clipped loss (β = 9); only the update rule differs. "
                    "The four attacks advance one step each in turn, so their curves grow together. Note the step sizes "
                    "(left): PGD and ADAM move each pixel by about τ per step whatever the size of the gradient, while "
@@ -22,13 +22,13 @@ ds, D, d, train, test, sb, picked = P.ds, P.D, P.d, P.train, P.test, P.sb, P.pic
 
 eps = P.eps_slider()
 epochs = sb.slider("Epochs", 1, 20, d["epochs"], **ui.w(PAGE, "epochs"))
-size = sb.select_slider("Attack-set size", D["attack_sizes"], d["attack_size"], **ui.w(PAGE, "size"))
+size = sb.select_slider("Attack-set size", D.attack_sizes, d["attack_size"], **ui.w(PAGE, "size"))
 seed = sb.number_input("Seed", 0, 10_000, 0, **ui.w(PAGE, "seed"))
 s = P.settings(eps=eps, epochs=int(epochs), attack_size=int(size), seed=int(seed))
-key, default_key = P.keys(s)
+want, default = P.refs(s)
 
 
-make_job = P.job_maker(s, key, lambda job: not job.stopping, show={"eps": eps})
+make_job = P.job_maker(s, lambda job: not job.stopping, show={"eps": eps})
 P.controls(make_job, s, label="Start the race", disabled=picked is None)
 sb.caption("Step sizes: PGD and ADAM τ = 0.1·ε per pixel; SGD τ = "
            f"{DEFAULT_STEP['sgd']:g}·ε and MSGD τ = {DEFAULT_STEP['msgd']:g}·ε (momentum 0.9) per unit gradient.")
@@ -51,7 +51,7 @@ def draw(job):
 
 
 job = live.panel(PAGE, draw)
-shown = live.stored_result(PAGE, ds, job, picked, key, default_key, "Start the race")
+shown = live.stored_result(job, want, default, "Start the race")
 res = shown.result
 shown_eps = float(shown.settings.get("eps", eps))
 runs = res["runs"]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from uat_core import experiments, plots
-from webapp import live, page, state, ui
+from uat_core.recipes import experiments
+from uat_core import plots
+from webapp import live, page, ui
 from webapp import settings as S
+from webapp.state import data, models
 
 PAGE = "bank"
-P = page.open_page(PAGE, "Why starting points matter",
+P = page.open_page(PAGE,
                    "Before any optimisation: stripes, checkerboards and flat colours at ±ε, the **same** pattern for "
                    "every image. The bars are the model's test accuracy under each of them, strongest first. On "
                    "CIFAR-10 the best of these beats Alg. 2 started at δ = 0, which is why the project's strong attack "
@@ -21,10 +23,10 @@ ds, D, d, train, test, sb, picked = P.ds, P.D, P.d, P.train, P.test, P.sb, P.pic
 
 eps = P.eps_slider()
 s = P.settings(eps=int(eps))
-key, default_key = P.keys(s)
+want, default = P.refs(s)
 
 
-make_job = P.job_maker(s, key, lambda job: job.result["complete"])
+make_job = P.job_maker(s, lambda job: job.result["complete"])
 P.controls(make_job, s, label="Score", disabled=picked is None,
            help=f"every pattern on {len(test)} test images")
 sb.caption(f"Accuracy on {len(test)} {S.DS_LABEL[ds]} test images (a fixed stratified subset)")
@@ -33,10 +35,10 @@ sb.caption(f"Accuracy on {len(test)} {S.DS_LABEL[ds]} test images (a fixed strat
 @st.cache_data(show_spinner=False, max_entries=32)
 def shipped_on_these(ds: str, algo: str, sha: str, n: int) -> float | None:
     """The shipped δ's accuracy on the page's own ``n`` test images (``sha`` keys the cache to that δ)."""
-    dz = state.zoo_delta(ds, algo) if algo else None
+    dz = models.zoo_delta(ds, algo) if algo else None
     if dz is None:
         return None
-    return experiments.top1_under(state.zoo_model(ds, algo).model, state.test_set(ds, n), dz, state.device())
+    return experiments.top1_under(models.zoo_model(ds, algo).model, data.test_set(ds, n), dz, data.device())
 
 
 def draw(job):
@@ -50,15 +52,14 @@ def draw(job):
 
 
 job = live.panel(PAGE, draw)
-shown = live.stored_result(PAGE, ds, job, picked, key, default_key, "Score",
+shown = live.stored_result(job, want, default, "Score",
                            none="No scores for these settings yet: press **Score**.",
                            partial="Stopped early: only part of the bank was scored.")
 res = shown.result
 names, accs = res["names"], res["accs"]
 rank = st.slider("Pattern (1 = the strongest)", 1, len(names), 1, **ui.w(PAGE, "rank"))
 i = rank - 1
-ss = S.settings_of(shown.key) if shown.kind != "none" else s
-res_eps = float(ss.get("eps", eps))
+res_eps = float(shown.settings.get("eps", eps))
 left, right = st.columns([3, 1], gap="large")
 with left:
     ui.chart(plots.bank_figure(names, accs, res.get("clean"), highlight=i), key="bank_bars")

@@ -5,15 +5,16 @@ import pandas as pd
 import streamlit as st
 
 from uat_core import plots
-from uat_core.training import default_config_for
+from uat_core.recipes.profiles import train_defaults
 from uat_core.zoo import trained_on
-from webapp import live, page, state, ui
+from webapp import live, page, ui
 from webapp import settings as S
 from webapp.jobs import page_job
+from webapp.state import data, models, results
 
 PAGE = "uat"
 ALGOS = ["natural", "uat", "lowcost", "uat_pool", "lowcost_pool", "fgsm", "pgd"]
-P = page.open_page(PAGE, "Universal adversarial training",
+P = page.open_page(PAGE,
                    "Train a network and a universal perturbation against each other. Every minibatch, the weights take "
                    "a descent step on x + δ and δ takes an ascent step (one FGSM-like step, eq. 6). **uFGSM** (Alg. 3) "
                    "computes the two gradients one after the other; **low-cost** (Alg. 4) gets both from the *same* "
@@ -25,38 +26,38 @@ ds, D, d, train, test, sb, picked = P.ds, P.D, P.d, P.train, P.test, P.sb, P.pic
 
 algos = sb.multiselect("Train", ALGOS, d["algorithms"], format_func=lambda a: S.ALGO_LABEL[a], **ui.w(PAGE, "algos"))
 epochs = sb.slider("Epochs", 1, 20 if ds == "digits" else 10, d["epochs"], **ui.w(PAGE, "epochs"))
-size = sb.select_slider("Training images", D["train_sizes"], d["train_size"], **ui.w(PAGE, "size"))
+size = sb.select_slider("Training images", D.train_sizes, d["train_size"], **ui.w(PAGE, "size"))
 eps = P.eps_slider()
 rule = sb.radio("δ update (uFGSM / low-cost)", ["fgsm", "sgd", "adam"], horizontal=True,
                 format_func={"fgsm": "sign (eq. 6)", "sgd": "SGD (eq. 7)", "adam": "ADAM"}.get, **ui.w(PAGE, "rule"))
-asize = sb.select_slider("Robustness attack: images", D["attack_sizes"], d["attack_size"], **ui.w(PAGE, "asize"))
+asize = sb.select_slider("Robustness attack: images", D.attack_sizes, d["attack_size"], **ui.w(PAGE, "asize"))
 aepochs = sb.slider("Robustness attack: epochs", 1, 20, d["attack_epochs"], **ui.w(PAGE, "aepochs"))
 seed = sb.number_input("Seed", 0, 10_000, 0, **ui.w(PAGE, "seed"))
 algos = [a for a in ALGOS if a in algos]
 s = {**d, "algorithms": algos, "epochs": int(epochs), "train_size": int(size), "eps": eps, "delta_rule": rule,
      "attack_size": int(asize), "attack_epochs": int(aepochs), "seed": int(seed)}
-key = S.key(PAGE, ds, f"arch:{D['arch']}", s)
+want = S.Ref(PAGE, ds, f"arch:{D.arch}", s)
 
 
 def make_job():
-    def done(job, key=key, s=s):
+    def done(job, want=want, s=s):
         res = job.result
         for a, m in res["models"].items():
-            state.add_session_model(ds, f"trained_{a}", m, f"{S.ALGO_SHORT[a]}, {s['epochs']} epochs")
+            models.add_session_model(ds, f"trained_{a}", m, f"{S.ALGO_SHORT[a]}, {s['epochs']} epochs")
         complete = not job.stopping and len(res["rows"]) == len(s["algorithms"])
-        state.remember(PAGE, key, s, res, private=True, complete=complete)
-    job = page_job(PAGE, s, train, test, arch=D["arch"], device=state.device(), on_done=done)
+        results.remember(want, res, private=True, complete=complete)
+    job = page_job(PAGE, s, train, test, arch=D.arch, device=data.device(), on_done=done)
     job.state["eps"] = eps
     return job
 
 
-train_steps = int(epochs) * max(1, min(int(size), len(train)) // default_config_for(ds, D["arch"]).batch_size)
+train_steps = int(epochs) * max(1, min(int(size), len(train)) // train_defaults(ds).batch_size)
 if train_steps < 100:
     sb.warning(f"A short run: {train_steps} training steps per model. Below about 100 steps the models barely "
                f"learn (the zoo's digits models took 160).")
 P.controls(make_job, s, label="Train", disabled=not algos,
            help="Trains each model from scratch in this browser session, then attacks it")
-sb.caption(f"{D['arch']} on {min(size, len(train))} {ds} images, {train_steps} steps per model · then the strong "
+sb.caption(f"{D.arch} on {min(size, len(train))} {ds} images, {train_steps} steps per model · then the strong "
            f"attack (β = 9, {asize} images, "
            f"{aepochs} epochs) against each model · accuracy on {len(test)} test images. Trained models appear in "
            "the other pages' model lists for this session.")
@@ -119,10 +120,10 @@ def _table(rows):
 
 def zoo_view() -> dict | None:
     """Table 1 from the shipped zoo: its numbers, its perturbations and (if shipped) its training curves."""
-    zoo = state.zoo(ds)
+    zoo = models.zoo(ds)
     if not zoo:
         return None
-    extras = state.precomputed(ds).get("extras", {}).get("uat_histories", {})
+    extras = results.precomputed(ds).get("extras", {}).get("uat_histories", {})
     rows, deltas, hist, tdeltas = [], {}, {}, {}
     for a, e in zoo.items():
         p = e.get("passes") or {}
@@ -131,7 +132,7 @@ def zoo_view() -> dict | None:
                      "train_seconds": e.get("train_seconds"), "forward": p.get("forward"),
                      "device": trained_on(e.get("device")),
                      "backward": p.get("backward")})
-        dz = state.zoo_delta(ds, a)
+        dz = models.zoo_delta(ds, a)
         if dz is not None:
             deltas[a] = dz
         x = extras.get(a)
@@ -147,13 +148,13 @@ job = live.panel(PAGE, draw)
 if job is not None and not job.done:
     st.stop()
 
-shown = state.find(PAGE, ds, key)
-if shown.kind == "none":
+shown = results.find(want)
+if shown is None:
     res = zoo_view()
     if res is None:
         st.info("No zoo models for this dataset: press **Train**.")
         st.stop()
-    n_att = sorted({(e.get("perturbation_attack") or {}).get("attack_size") for e in state.zoo(ds).values()} - {None})
+    n_att = sorted({(e.get("perturbation_attack") or {}).get("attack_size") for e in models.zoo(ds).values()} - {None})
     on = f"{n_att[0]:,}" if len(n_att) == 1 else "some"
     st.info("Showing the shipped zoo models (trained with the zoo recipe; their robustness measured with a fresh "
             f"strong universal attack built on {on} training images, on the whole test split). Press **Train** to "

@@ -23,10 +23,10 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from uat_core.attacks import (AttackConfig, IDeepFool, IDFConfig, StrongConfig, StrongUniversalAttack,
+from uat_core.engine.attacks import (AttackConfig, IDeepFool, IDFConfig, StrongConfig, StrongUniversalAttack,
                               UniversalAttack, pattern_bank, score_bank)
-from uat_core.data import load_dataset
-from uat_core.evaluation import evaluate, predict
+from uat_core.engine.data import load_dataset
+from uat_core.engine.evaluation import evaluate, predict
 from uat_core.zoo import ZOO_DIR, list_models, load_zoo_model, load_zoo_perturbation
 from webapp import settings as S
 
@@ -301,7 +301,7 @@ def test_shared_link_reproduces_the_settings():
 def test_a_dataset_link_opens_that_dataset(ds, monkeypatch):
     """?dataset=digits (or cifar10) opens that dataset, also when the other one is the default."""
     from conftest import CIFAR_ROOT
-    from webapp.state import available_datasets, default_dataset
+    from webapp.state.data import available_datasets, default_dataset
     if not CIFAR_ROOT.is_dir():
         pytest.skip("needs the CIFAR-10 copy (both datasets offered)")
     monkeypatch.setenv("UAT_DATA", str(CIFAR_ROOT))
@@ -357,8 +357,8 @@ def test_upload_of_a_foreign_or_malicious_file_gets_a_message(tmp_path):
 
 
 def test_upload_of_a_model_for_another_dataset_is_refused(tmp_path):
-    from uat_core.checkpoint import model_meta, save_checkpoint
-    from uat_core.models import build_model
+    from uat_core.engine.checkpoint import model_meta, save_checkpoint
+    from uat_core.engine.models import build_model
     model = build_model("resnet20", 10, 3, (0.5,) * 3, (0.25,) * 3)
     path = save_checkpoint(tmp_path / "cifar.pt", model, model_meta("resnet20", "cifar10", [str(i) for i in range(10)],
                                                                     3, 32, (0.5,) * 3, (0.25,) * 3))
@@ -384,7 +384,7 @@ def test_uploaded_checkpoint_is_the_model_attacked(eng):
 
 def test_an_upload_naming_a_huge_architecture_is_refused_without_building_it(monkeypatch):
     """A 1 KB file that names a large model: refused from its metadata; the refusal is cached per file hash."""
-    from uat_core import checkpoint
+    from uat_core.engine import checkpoint
     built, reads = [], []
     real_build, real_read = checkpoint.build_model, checkpoint.read_checkpoint
     monkeypatch.setattr(checkpoint, "build_model",
@@ -404,8 +404,8 @@ def test_an_upload_naming_a_huge_architecture_is_refused_without_building_it(mon
 
 
 def test_metadata_and_parameter_cap_are_checked_before_any_model_is_built():
-    from uat_core.checkpoint import check_meta, check_weights_fit
-    from uat_core.errors import UATError
+    from uat_core.engine.checkpoint import check_meta, check_weights_fit
+    from uat_core.engine.errors import UATError
     ok = {"arch": "smallcnn", "dataset": "digits", "num_classes": 10, "in_channels": 1, "image_size": 32,
           "mean": [0.5], "std": [0.25], "classes": [str(i) for i in range(10)]}
     assert check_meta(dict(ok)) == ok
@@ -421,7 +421,7 @@ def test_metadata_and_parameter_cap_are_checked_before_any_model_is_built():
 
 
 def test_upload_cap_is_configured():
-    from webapp.state import MAX_UPLOAD_MB
+    from webapp.state.uploads import MAX_UPLOAD_MB
     cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["maxUploadSize"] == MAX_UPLOAD_MB <= 50
 
@@ -500,8 +500,8 @@ def test_data_size_page_matches_the_engine(eng):
 
 @pytest.mark.slow
 def test_training_page_trains_attacks_and_shares_models_with_the_session(eng):
-    from uat_core.pipeline import make_trainer
-    from uat_core.training import default_config_for, resolve_variant
+    from uat_core.recipes.pipeline import make_trainer
+    from uat_core.engine.training import TrainConfig
     at = open_page("uat_training")
     at.multiselect(key="uat_algos").set_value(["natural", "lowcost", "lowcost_pool"])
     at.slider(key="uat_epochs").set_value(1)
@@ -514,9 +514,9 @@ def test_training_page_trains_attacks_and_shares_models_with_the_session(eng):
     assert set(rows) == {"natural", "lowcost", "lowcost_pool"}
     data = eng["train"].subset(250, seed=0)
     for algo in ("natural", "lowcost", "lowcost_pool"):
-        base, extra = resolve_variant(algo)
-        cfg = default_config_for("digits", "smallcnn", algorithm=base, epochs=1, eps=32, delta_rule="fgsm", seed=0,
-                                 snapshot_every=5, track_every=5, **extra)
+        base, extra = ("lowcost", dict(delta_pool=4, bank_share=0.25)) if algo == "lowcost_pool" else (algo, {})
+        cfg = TrainConfig(algorithm=base, epochs=1, eps=32, delta_rule="fgsm", seed=0, snapshot_every=5, track_every=5,
+                          lr=0.05, flip=False, augment=False, batch_size=64, **extra)      # digits' defaults
         res = make_trainer("smallcnn", data, cfg).run()
         strong, m = ref_strong(eng, 100, model=res.model, eps=32, beta=9.0, epochs=1, seed=0, snapshot_every=0)
         assert rows[algo]["clean_top1"] == pytest.approx(m["clean_top1"], abs=1e-6), algo
@@ -553,14 +553,14 @@ def test_transfer_page_matches_the_engine(eng):
 # ---- what AppTest cannot see: pictures and downloads -----------------------------------------------------
 
 def test_downloads_hold_the_perturbation(eng):
-    from uat_core.export import comparison_grid
+    from uat_core.engine.export import comparison_grid
     from webapp.ui import _files
     delta, m = ref_attack(eng, 100, eps=32, beta=9.0, optimizer="pgd", epochs=1, seed=0)
     snaps = [(1, delta * 0.5), (2, delta)]
     result = {"delta": delta, "snapshots": snaps, "metrics": m, "seconds": 1.0, "steps": 2, "stopped": False,
               "config": {"eps": 32}}
     key = 'lab|digits|zoo:x|{"eps": 32}'
-    f = _files(key, id(result), result, 32 / 255)
+    f = _files(key, id(result), result, 32 / 255, {"eps": 32})
     png = Image.open(io.BytesIO(f["png"]))
     assert png.format == "PNG" and png.size == (256, 256)
     gif = Image.open(io.BytesIO(f["gif"]))
@@ -579,8 +579,8 @@ def test_downloads_hold_the_perturbation(eng):
 # ---- the Streamlit-free pieces ------------------------------------------------------------------------------
 
 def test_job_advances_in_slices_stops_cleanly_and_reports_user_errors(eng):
-    from uat_core.errors import UATError
-    from uat_core.experiments import attack as attack_job
+    from uat_core.engine.errors import UATError
+    from uat_core.recipes.experiments import attack as attack_job
     from webapp.jobs import Job
     done = []
     job = Job("t", attack_job, eng["model"], eng["train"].subset(256, seed=0), eng["test"],
@@ -613,15 +613,34 @@ def test_settings_keys_name_exactly_one_result():
     assert S.defaults("lab", "digits")["eps"] == 32 and S.defaults("lab", "cifar10")["eps"] == 8
 
 
+def test_every_page_is_one_spec():
+    """Each page is described once (webapp/pages_spec.py): its file in pages/ goes by the spec's id, a page that
+    runs something has its defaults, experiment and cost, and the precompute script ships every such page."""
+    from webapp import precompute
+    from webapp.pages_spec import PAGES
+    assert {p.file for p in PAGES.values()} == {f.name for f in (ROOT / "pages").glob("*.py")}
+    for p in PAGES.values():
+        parts = (p.defaults, p.experiment, p.cost, p.ship)
+        assert all(x is not None for x in parts) or all(x is None for x in parts), p.id
+        if p.defaults is not None:
+            assert f'PAGE = "{p.id}"' in (ROOT / p.path).read_text(), p.id
+            for ds in S.DATASETS:
+                assert S.defaults(p.id, ds) == dict(p.defaults(ds)) and S.defaults(p.id, ds)["test_size"] > 0
+    assert set(precompute.PAGES) == {p.id for p in PAGES.values() if p.ship is not None}
+
+
 # ---------------------------------------------------------------------------------------------
 # cost budgets (webapp/budget.py)
 # ---------------------------------------------------------------------------------------------
 
 def test_every_pages_defaults_fit_the_budget_and_the_issues_example_does_not():
     from webapp import budget
+    from webapp.pages_spec import PAGES
     sizes = {"digits": (1297, 500), "cifar10": (50_000, 1_000)}
+    runs = [p.id for p in PAGES.values() if p.cost is not None]
+    assert set(runs) == {"lab", "beta", "size", "race", "idf", "uat", "transfer", "bank"}
     for ds, (n_train, n_test) in sizes.items():
-        for page in ("lab", "beta", "size", "race", "idf", "uat", "transfer", "bank"):
+        for page in runs:
             est = budget.estimate(page, S.defaults(page, ds), ds, n_train, n_test, n_models=5, n_deltas=6,
                                   n_patterns=300)
             assert est.allowed and est.passes > 0, (page, ds, est.message)
@@ -657,7 +676,7 @@ def test_the_estimate_is_within_a_factor_of_two_of_the_images_the_engine_runs(pa
     """Count every image the models see (a forward hook; a forward under no_grad counts a third) and
     compare with the estimate, so the cap refuses what it should and nothing else."""
     from uat_core import zoo
-    from uat_core.models import Normalized
+    from uat_core.engine.models import Normalized
     from webapp import budget
     from webapp.jobs import page_job
     s = {**S.defaults(page, "digits"), "test_size": 100, **settings}
@@ -749,7 +768,7 @@ def test_every_pages_settings_round_trip_through_its_url(page):
 def test_vulnerability_page_draws_the_study_and_says_the_side_by_side_needs_cifar10():
     """The study's rows (docs/study) as a chart and a table with the same figures; on digits, the two-model
     comparison says it needs CIFAR-10 instead of failing."""
-    from uat_core import study
+    from uat_core.recipes import study
     at = open_page("vulnerability")
     no_errors(at)
     rows = study.load_results()
@@ -772,9 +791,10 @@ def _dataset_sidebar():
     page without app.py (webapp/boot.py says why), so a click in app.py's own sidebar is tested here."""
     import streamlit as st
 
-    from webapp import cifar, state
+    from webapp import cifar
+    from webapp.state import data
     with st.sidebar:
-        options = state.available_datasets()
+        options = data.available_datasets()
         st.selectbox("Dataset", options, key="dataset")
         cifar.offer(options)
 
@@ -807,7 +827,7 @@ def test_the_download_button_without_a_network_says_so_in_one_line(sync, tmp_pat
     import socket
     import urllib.error
 
-    from uat_core import download as D
+    from uat_core.engine import download as D
 
     def offline(url, timeout):                  # what urllib raises on a machine without a network
         raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
@@ -832,9 +852,9 @@ def test_a_download_from_the_sidebar_makes_cifar10_selectable(sync, tmp_path, mo
     """A (faked: a tiny archive through file://) download fills the bar and puts cifar10 in the dataset box, in
     the folder the command line uses, without a restart."""
     from conftest import fake_cifar10_archive
-    from uat_core import download as D
+    from uat_core.engine import download as D
     from webapp import cifar
-    from webapp.state import available_datasets
+    from webapp.state.data import available_datasets
 
     archive, md5, _ = fake_cifar10_archive(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -139,9 +139,9 @@ def _reference(size: int, epochs: int) -> float:
     """Perturbed top-1 (%) of the engine for the attack lab's defaults with this size and number of epochs."""
     import torch
 
-    from uat_core.attacks import AttackConfig, UniversalAttack
-    from uat_core.data import load_dataset
-    from uat_core.evaluation import evaluate
+    from uat_core.engine.attacks import AttackConfig, UniversalAttack
+    from uat_core.engine.data import load_dataset
+    from uat_core.engine.evaluation import evaluate
     from uat_core.zoo import load_zoo_model
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))

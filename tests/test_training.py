@@ -254,8 +254,8 @@ def test_pool_step_matches_a_per_image_reference(digits, algo, share):
     assert res.steps == 1 and tr.passes == {"forward": 2 if algo == "uat" else 1,
                                             "backward": 2 if algo == "uat" else 1}
     torch.testing.assert_close(tr.pool, want, atol=1e-6, rtol=0)
-    assert not torch.equal(tr.pool[0], start[0]) and torch.isfinite(tr.pool_loss).all()
-    j = int(tr.pool_loss.argmax())                                          # shipped: highest last loss
+    assert not torch.equal(tr.pool[0], start[0]) and torch.isfinite(tr.adversary.loss).all()
+    j = int(tr.adversary.loss.argmax())                                          # shipped: highest last loss
     assert torch.equal(res.delta, tr.pool[j].cpu())
 
 
@@ -278,7 +278,7 @@ def test_reseed_keeps_the_candidate_of_highest_loss(digits, source):
         best = max(range(1, 6), key=lambda k: ref[k])
         want = cand[best - 1] if ref[best] > ref[0] else before
         assert torch.equal(tr.delta, want), (ref, source)
-    assert tr.reseeds["proposed"] == 2 and tr.passes["forward"] == 2 and tr.passes["backward"] == 0
+    assert tr.adversary.reseeds["proposed"] == 2 and tr.passes["forward"] == 2 and tr.passes["backward"] == 0
 
 
 def test_reseed_counts_one_forward_and_is_recorded(digits, tmp_path, capsys):
@@ -332,8 +332,8 @@ def test_nan_weights_at_epoch_end_are_not_checkpointed(digits):
 def test_nan_loss_stops_with_one_line_error(digits, monkeypatch):
     train = digits[0].subset(128, 0)
     tr = make_trainer("smallcnn", train, cfg(algorithm="uat", epochs=2))
-    real = Trainer._fwd
-    monkeypatch.setattr(Trainer, "_fwd",
+    real = Trainer.fwd
+    monkeypatch.setattr(Trainer, "fwd",
                         lambda self, net, x: real(self, net, x) * (math.nan if self.step_i >= 5 else 1))
     with pytest.raises(UATError, match=r"diverged .* at step 6") as e:
         tr.run()
@@ -482,9 +482,9 @@ def test_cli_resume_with_another_config_is_refused(tmp_path, monkeypatch, capsys
 
 def test_cli_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     out = tmp_path / "nan"
-    real = Trainer._fwd
+    real = Trainer.fwd
     # finite for epoch 1 (8 steps), NaN logits from step 11 on
-    monkeypatch.setattr(Trainer, "_fwd",
+    monkeypatch.setattr(Trainer, "fwd",
                         lambda self, net, x: real(self, net, x) * (math.nan if self.step_i >= 10 else 1))
     assert run_cli(*LOWCOST, "--out", out) == 2
     assert "diverged" in one_line_error(capsys)

@@ -20,6 +20,10 @@ import functools
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
+
+from uat_core.recipes.profiles import ALGORITHMS
+from uat_core.recipes.profiles import DATASETS as PROFILES
 
 # Cap on the estimated cost of one run, in image passes, per dataset: about 10 minutes of this 2-core
 # server's time (at SECONDS_PER_PASS). The queue shares the server between visitors; the cap keeps one run
@@ -30,10 +34,8 @@ CAPS = {"digits": 500_000, "cifar10": 300_000}
 SECONDS_PER_PASS = {"digits": 1.1e-3, "cifar10": 2.2e-3}
 
 EVAL = 1 / 3                 # a forward-only image
-CHANNELS = {"digits": 1, "cifar10": 3}
+CHANNELS = {ds: prof.channels for ds, prof in PROFILES.items()}
 IDF_PASSES_PER_IMAGE = 30    # DeepFool: a few iterations × one backward per candidate class
-TRAIN_PASSES = {"natural": 1, "lowcost": 1, "lowcost_pool": 1, "uat": 2, "uat_pool": 2, "uadam": 2, "fgsm": 2}
-PGD_STEPS = 7                # the PGD adversarial-training baseline: 7 attack passes + the weight pass
 
 
 def cap(ds: str) -> float:
@@ -46,14 +48,16 @@ def cap(ds: str) -> float:
     return CAPS.get(ds, CAPS["cifar10"]) * scale
 
 
-def _train_passes(algo: str) -> int:
-    return TRAIN_PASSES.get(algo, 1 + PGD_STEPS if algo == "pgd" else 2)
+def train_passes(algo: str) -> int:
+    """Image passes per training image and step of ``algo`` (uat_core's profiles; 2 for one it does not know)."""
+    a = ALGORITHMS.get(algo)
+    return a.passes if a is not None else 2
 
 
 @functools.lru_cache(maxsize=8)
 def bank_size(channels: int) -> int:
-    """Patterns in the fixed-pattern bank for images with ``channels`` channels (uat_core.attacks.bank)."""
-    from uat_core.attacks.bank import pattern_bank
+    """Patterns in the fixed-pattern bank for images with ``channels`` channels (uat_core.engine.attacks.bank)."""
+    from uat_core.engine.attacks.bank import pattern_bank
     return len(pattern_bank((channels, 32, 32), 8 / 255, random=0).names)
 
 
@@ -66,52 +70,46 @@ def baseline_passes(n: int, channels: int) -> float:
 def strong_passes(epochs: int, n: int, channels: int) -> float:
     """The strong attack with its default settings on ``n`` images (attacks/strong.py): the screen of the bank
     and 16 random starts, the refinement rounds (successive halving) and the scoring after each round."""
-    from uat_core.attacks.strong import StrongConfig, halving_plan
+    from uat_core.engine.attacks.strong import StrongConfig, halving_plan
     cfg = StrongConfig()
     plan = halving_plan(epochs, cfg.top_k + 1, cfg.rounds)
     screen = EVAL * ((bank_size(channels) + cfg.restarts) * cfg.probe + 4 * cfg.top_k * 4 * cfg.probe + 2 * n)
     return screen + sum(k * ep * n for k, ep in plan) + EVAL * sum(k * n for k, _ in plan)
 
 
+@dataclass(frozen=True)
+class Counts:
+    """What a run draws from, beside its settings: ``n_train`` / ``n_test`` images; ``n_models`` × ``n_deltas``:
+    the transfer matrix; ``n_patterns``: the bank the starting-points page scores (None: the bank plus its
+    random draws); ``channels``: of the images."""
+    n_train: int
+    n_test: int
+    n_models: int = 1
+    n_deltas: int = 1
+    n_patterns: int | None = None
+    channels: int = 3
+
+    def size(self, s: Any, key: str = "attack_size") -> int:
+        """The images a setting asks for (``s[key]``), at most the training images there are."""
+        return min(int(s.get(key, self.n_train)), self.n_train)
+
+    def test(self, s: Any) -> int:
+        return min(int(s.get("test_size", self.n_test)), self.n_test)
+
+    def evals(self, s: Any) -> float:
+        """The three evaluations an attack ends with: clean, under δ, under the best fixed pattern."""
+        return 3 * self.test(s) * EVAL
+
+
 def passes(page: str, s: dict, n_train: int, n_test: int, n_models: int = 1, n_deltas: int = 1,
            n_patterns: int | None = None, channels: int = 3) -> float:
-    """Estimated image passes of one run of ``page`` with settings ``s``.
-
-    ``n_train`` / ``n_test``: the images the page draws from; ``n_models`` × ``n_deltas``: the transfer
-    matrix; ``n_patterns``: the bank the starting-points page scores (default: the bank plus ``s["random"]``
-    random-sign and random-uniform draws); ``channels``: of the images."""
-    def size(key="attack_size"):
-        return min(int(s.get(key, n_train)), n_train)
-    test = min(int(s.get("test_size", n_test)), n_test)
-    evals = 3 * test * EVAL                       # clean, under δ, under the best fixed pattern
-    if page == "lab":
-        if s.get("strong"):
-            return strong_passes(s["epochs"], size(), channels) + evals
-        return s["epochs"] * size() + baseline_passes(size(), channels) + evals
-    if page == "beta":
-        runs = s["repeats"] * len(s["betas"])
-        return runs * (s["epochs"] * size() + 2 * test * EVAL)
-    if page == "size":
-        batch = 128
-        runs = s["repeats"] * len(s["sizes"])
-        return runs * (s["steps"] * batch + 2 * test * EVAL)
-    if page == "race":
-        return 4 * (s["epochs"] * size() + 2 * test * EVAL)
-    if page == "idf":
-        return size() * (s["idf_passes"] * IDF_PASSES_PER_IMAGE + s["alg2_epochs"]) + 4 * test * EVAL
-    if page == "uat":
-        n = size("train_size")
-        a = size("attack_size")
-        per_model = [s["epochs"] * n * _train_passes(algo) for algo in s["algorithms"]]
-        attacks = len(s["algorithms"]) * (strong_passes(s["attack_epochs"], a, channels) + evals)
-        return sum(per_model) + attacks
-    if page == "transfer":
-        return n_models * (n_deltas + 1) * test * EVAL
-    if page == "bank":
-        if n_patterns is None:
-            n_patterns = bank_size(channels) + 2 * s.get("random", 0)
-        return max(1, n_patterns) * test * EVAL
-    raise KeyError(page)
+    """Estimated image passes of one run of ``page`` with settings ``s`` (the page's spec's cost, see
+    :class:`Counts` for the rest)."""
+    from .pages_spec import spec     # deferred: pages_spec imports this module
+    cost = spec(page).cost
+    if cost is None:
+        raise KeyError(f"page {page!r} runs nothing")
+    return cost(s, Counts(n_train, n_test, n_models, n_deltas, n_patterns, channels))
 
 
 @dataclass

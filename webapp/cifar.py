@@ -1,7 +1,7 @@
 """The sidebar's way from the digits to CIFAR-10: a button that downloads it, with a progress bar.
 
-The download itself is :func:`uat_core.download.download_cifar10`, into the folder the command line
-downloads to, so that ``state.available_datasets()`` (which looks there on every run) offers cifar10 as
+The download itself is :func:`uat_core.engine.download.download_cifar10`, into the folder the command line
+downloads to, so that ``state.data.available_datasets()`` (which looks there on every run) offers cifar10 as
 soon as it ends. Here is only its Streamlit side:
 
 * One download per server, in a thread of its own: a script run stops at the visitor's next click, a
@@ -21,8 +21,8 @@ from typing import Callable
 
 import streamlit as st
 
-from uat_core import download as D
-from uat_core.errors import UATError
+from uat_core.engine import download as D
+from uat_core.engine.errors import UATError
 
 from .live import sync_mode
 
@@ -44,7 +44,7 @@ class Download:
     started: float = field(default_factory=time.monotonic)
 
     def progress(self, done: int, total: int) -> None:
-        """``uat_core.download``'s progress callback."""
+        """``uat_core.engine.download``'s progress callback."""
         self.done, self.total = done, total
 
     def text(self) -> str:
@@ -68,7 +68,7 @@ def current() -> Download | None:
     return _CURRENT
 
 
-def _run(dl: Download, also: Callable[[Download], None] | None = None) -> None:
+def _run(dl: Download, also: Callable[[Download], object] | None = None) -> None:
     """Download (in whichever thread calls this) and record how it ended; ``also(dl)`` after each chunk."""
     def progress(done: int, total: int) -> None:
         dl.progress(done, total)
@@ -85,7 +85,7 @@ def _run(dl: Download, also: Callable[[Download], None] | None = None) -> None:
         dl.running = False
 
 
-def start(in_thread: bool = True, also: Callable[[Download], None] | None = None) -> Download:
+def start(in_thread: bool = True, also: Callable[[Download], object] | None = None) -> Download:
     """Start a download, or join the one running: in a thread of its own, or in this one (``in_thread=False``,
     calling ``also(dl)`` after each chunk). Returns its :class:`Download`."""
     global _CURRENT

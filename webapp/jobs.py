@@ -1,23 +1,28 @@
 """Experiments as jobs that advance in small time slices (no Streamlit in here, and no experiment logic:
-the experiments themselves are :mod:`uat_core.experiments`, shared with the notebooks).
+the experiments themselves are :mod:`uat_core.recipes.experiments`, shared with the notebooks).
 
-A :class:`Job` is a :class:`uat_core.experiments.Progress` that owns one experiment generator, so a UI can
+A :class:`Job` is a :class:`uat_core.recipes.experiments.Progress` that owns one experiment generator, so a UI can
 call ``job.pump(0.4)`` to move it forward for about 0.4 s, draw ``job.state``, and come back later;
 ``job.stop()`` ends it after the current step; ``job.finish()`` runs it to the end (tests, the precompute
 script). The generator's return value becomes ``job.result``. With a :mod:`webapp.scheduler` attached, a job
 waits for a free slot before it computes, and with the app's scheduler (which has worker threads) it
-computes in a worker while ``pump`` only checks in. :func:`page_job` is the one entry point per page.
+computes in a worker while ``pump`` only checks in. :func:`page_job` makes the job of any page, from the
+experiment its spec (:mod:`webapp.pages_spec`) names.
 """
 from __future__ import annotations
 
 import math
 import threading
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
-from uat_core import experiments as X
-from uat_core.data import ImageData
-from uat_core.errors import UATError
+from uat_core.engine.data import ImageData
+from uat_core.engine.errors import UATError
+from uat_core.recipes import experiments as X
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
 
 
 class Job(X.Progress):
@@ -32,7 +37,7 @@ class Job(X.Progress):
         self.error: str | None = None
         self.started = time.time()
         self.on_done = on_done
-        self.scheduler = None                # a webapp.scheduler.Scheduler: wait for a slot before advancing
+        self.scheduler: Scheduler | None = None     # wait for a slot in it before advancing
         self.queued = False                  # waiting for a slot right now
         self.started_computing = False
         self._gen = gen_fn(self, *args, **kwargs)
@@ -76,15 +81,18 @@ class Job(X.Progress):
 
     def _take_turn(self) -> bool:
         """Heartbeat and queue: True when the job holds a slot (False: it waits, or it was stopped waiting)."""
+        sched = self.scheduler
+        if sched is None:                    # no queue: always its turn
+            return True
         if self.stopping and not self.started_computing:       # stopped while waiting: nothing to show
-            self.scheduler.release(self)
+            sched.release(self)
             self.done, self.queued, self.current = True, False, None
             self._collected = True
             self.state["phase"] = "stopped before it started"
             return False
-        if not self.scheduler.admit(self):
+        if not sched.admit(self):
             self.queued = True
-            pos, wait = self.scheduler.position(self), self.scheduler.estimated_wait(self)
+            pos, wait = sched.position(self), sched.estimated_wait(self)
             self.state.update(queue_position=pos, queue_wait=wait,
                               phase=f"waiting for a free slot: number {pos} in the queue, about {wait:.0f} s")
             return False
@@ -131,28 +139,30 @@ class Job(X.Progress):
             self.scheduler.release(self)
 
 
-# ---- one entry point per page (the app and the precompute script build their jobs here) -------------------
+# ---- one entry point for every page (the app and the precompute script build their jobs here) ------------
+
+Start = Callable[[X.Progress], X.Experiment]     # an experiment, all but its progress bound: Job(name, start)
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """What a page's experiment runs on; each page uses the part it needs (its spec's ``experiment``)."""
+    train: ImageData
+    test: ImageData
+    model: Any = None                # the attacked model (torch.nn.Module)
+    device: Any = None               # torch.device, or None: the engine's choice
+    arch: str = ""                   # the architecture the training page trains
+    models: dict | None = None       # the transfer matrix: name -> model ...
+    deltas: dict | None = None       # ... and name -> δ
+
 
 def page_job(page: str, s: dict, train: ImageData, test: ImageData, model=None, device=None, arch: str = "",
-             models: dict | None = None, deltas: dict | None = None, on_done=None) -> Job:
+             models: dict | None = None, deltas: dict | None = None,
+             on_done: Callable[[Job], None] | None = None) -> Job:
     """The job that computes ``page``'s result for settings ``s``."""
-    if page == "lab":
-        return Job(page, X.attack, model, train.subset(s["attack_size"], seed=s["seed"]), test,
-                   X.lab_config(s, len(train)), "strong" if s.get("strong") else "alg2", device, on_done=on_done)
-    if page == "beta":
-        return Job(page, X.sweep, model, train, test, X.beta_points(s), device, on_done=on_done)
-    if page == "size":
-        return Job(page, X.sweep, model, train, test, X.size_points(s, len(train)), device, on_done=on_done)
-    if page == "race":
-        return Job(page, X.race, model, train.subset(s["attack_size"], seed=s["seed"]), test, s, device,
-                   on_done=on_done)
-    if page == "idf":
-        return Job(page, X.idf_and_alg2, model, train.subset(s["attack_size"], seed=0), test, s, device,
-                   on_done=on_done)
-    if page == "uat":
-        return Job(page, X.train_and_attack, arch, train, test, s, device, on_done=on_done)
-    if page == "transfer":
-        return Job(page, X.transfer, models, deltas, test, device, on_done=on_done)
-    if page == "bank":
-        return Job(page, X.bank, model, test, s, device, on_done=on_done)
-    raise KeyError(page)
+    from .pages_spec import spec     # deferred: pages_spec imports this module
+    experiment = spec(page).experiment
+    if experiment is None:
+        raise KeyError(f"page {page!r} runs nothing")
+    start = experiment(s, JobInputs(train, test, model, device, arch, models, deltas))
+    return Job(page, start, on_done=on_done)

@@ -23,12 +23,14 @@ from typing import Callable
 import streamlit as st
 
 from uat_core import plots
-from uat_core.errors import UATError
+from uat_core.engine.errors import UATError
 
-from . import state, ui
+from . import ui
 from .budget import Estimate
 from .jobs import Job
 from .scheduler import SCHEDULER
+from .settings import Ref
+from .state import results
 
 CHUNK = 0.4          # seconds of work per fragment run
 EVERY = 0.5          # seconds between fragment runs while a job runs
@@ -93,10 +95,11 @@ def controls(slot: str, make: Callable[[], Job], label: str = "Run", disabled: b
               args=(slot, make, cost), help=help, width="stretch", icon=":material/play_arrow:")
     c2.button("Stop", key=f"{slot}_stop", disabled=not busy, on_click=_stop, args=(slot,), width="stretch",
               icon=":material/stop:")
-    if over:
-        where.warning(cost.message, icon=":material/block:")
-    elif cost is not None:
-        where.caption(cost.message)
+    if cost is not None:
+        if over:
+            where.warning(cost.message, icon=":material/block:")
+        else:
+            where.caption(cost.message)
     err = st.session_state.get(f"_err_{slot}")
     if err:
         where.error(err)
@@ -207,18 +210,18 @@ def sweep_panel(job: Job, figure: Callable[[list, float | None], object], key: s
                      key=f"{key}_live_curve")
 
 
-def stored_result(page: str, ds: str, job: Job | None, picked, key, default_key, run_label: str = "Run",
-                  sweep: bool = False, none: str | None = None, partial: str | None = None):
-    """The result section's gate, shared by the pages: stop while a job runs or without a model (``picked``
-    None); else the stored result for these settings (or the latest / precomputed one, said so on screen).
+def stored_result(job: Job | None, want: Ref | None, default: Ref | None = None, run_label: str = "Run",
+                  sweep: bool = False, none: str | None = None, partial: str | None = None) -> results.Shown:
+    """The result section's gate, shared by the pages: stop while a job runs or without a model (``want``
+    None); else the stored result for ``want`` (or the latest / the ``default`` one, said so on screen).
 
     ``none`` is what to say when there is no result yet, ``partial`` the warning over a stopped run's result.
     With ``sweep=True`` a sweep's defaults for both, and stop when the sweep has no finished point.
     """
-    if (job is not None and not job.done) or picked is None:
+    if (job is not None and not job.done) or want is None:
         st.stop()
-    shown = state.find(page, ds, key, default_key)
-    if shown.kind == "none":
+    shown = results.find(want, default)
+    if shown is None:
         st.info(none or f"No result for these settings yet: press **{run_label}** (on the left).")
         st.stop()
     ui.shown_note(shown, run_label)

@@ -1,80 +1,88 @@
-"""Every page's settings, their defaults per dataset, and the keys results are cached under.
+"""The app's vocabulary: datasets and their choices, labels, and the keys results are cached under.
 
 A page's settings are a flat dict of plain values (numbers, strings, lists, None; β = ∞ is the
-float ``math.inf``). The same dict drives the widgets' defaults, the job that computes the result,
-the precomputed file (``python -m webapp.precompute``) and the cache key, so a page opened with its
+float ``math.inf``), typed per page in :mod:`webapp.pages_spec`, where each page's defaults per dataset
+are written. The same dict drives the widgets' defaults, the job that computes the result, the
+precomputed file (``python -m webapp.precompute``) and the cache key, so a page opened with its
 defaults finds the shipped result, and moving a slider back finds the result computed before.
+
+What a dataset *is* (its ε, architecture, channels) and what each training algorithm is called come from
+:mod:`uat_core.recipes.profiles`; only the app's own choices (test subset, slider stops) are written here.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
+from dataclasses import dataclass, field
+from typing import Any
 
-DATASETS = ("digits", "cifar10")
+from uat_core.recipes.profiles import ALGORITHM_ORDER, ALGORITHMS, UNIVERSAL_ALGORITHMS
+from uat_core.recipes.profiles import DATASETS as PROFILES
+from uat_core.recipes.profiles import DatasetProfile
 
-# Per dataset: the architecture of its zoo, the default budget and the choices offered.
-DATASET = {
-    "digits": {
-        "arch": "smallcnn", "eps": 32, "eps_l2": 255, "eps_l2_max": 255, "test_size": 500,
-        "attack_sizes": [100, 250, 500, 1000, 1297], "train_sizes": [250, 500, 1297],
-        "why_eps": "Digits are 8x8 images blown up to 32x32 with few grey levels, so the network "
-                   "separates them with a wide margin: ε = 32/255 plays the role that ε = 8/255 "
-                   "plays on CIFAR-10.",
-    },
-    "cifar10": {
-        "arch": "resnet20", "eps": 8, "eps_l2": 128, "eps_l2_max": 255, "test_size": 1000,
-        "attack_sizes": [250, 500, 1000, 2000, 5000, 10000], "train_sizes": [1000, 5000, 10000, 50000],
-        "why_eps": "ε = 8/255 is the paper's budget for CIFAR-10.",
-    },
+
+@dataclass(frozen=True)
+class DatasetChoices:
+    """A dataset's profile (uat_core) and the choices the app offers on it."""
+    profile: DatasetProfile
+    test_size: int                 # the fixed stratified test subset the pages measure on
+    eps_l2: int                    # the attack lab's default ℓ2 radius (0-255 units) ...
+    eps_l2_max: int                # ... and its slider's end
+    attack_sizes: list[int] = field(default_factory=list)    # attack-set sizes offered
+    train_sizes: list[int] = field(default_factory=list)     # training-set sizes offered (training page)
+
+    @property
+    def arch(self) -> str:
+        return self.profile.arch
+
+    @property
+    def eps(self) -> int:
+        return self.profile.eps
+
+    @property
+    def why_eps(self) -> str:
+        return self.profile.why_eps
+
+    @property
+    def label(self) -> str:
+        return self.profile.label
+
+
+# Per dataset: the app's choices beside the profile's facts.
+DATASET: dict[str, DatasetChoices] = {
+    "digits": DatasetChoices(PROFILES["digits"], test_size=500, eps_l2=255, eps_l2_max=255,
+                             attack_sizes=[100, 250, 500, 1000, 1297], train_sizes=[250, 500, 1297]),
+    "cifar10": DatasetChoices(PROFILES["cifar10"], test_size=1000, eps_l2=128, eps_l2_max=255,
+                              attack_sizes=[250, 500, 1000, 2000, 5000, 10000], train_sizes=[1000, 5000, 10000, 50000]),
 }
+DATASETS = tuple(DATASET)
 
-DS_LABEL = {"digits": "digits", "cifar10": "CIFAR-10"}
+DS_LABEL = {ds: c.label for ds, c in DATASET.items()}
 INF = math.inf
 OPTIMIZERS = ("sgd", "msgd", "pgd", "adam")
 OPT_LABEL = {"sgd": "SGD", "msgd": "MSGD", "pgd": "PGD (sign)", "adam": "ADAM"}
-ALGO_LABEL = {"natural": "natural", "uat": "uFGSM (Alg. 3)", "lowcost": "low-cost uFGSM (Alg. 4)",
-              "uat_pool": "uFGSM + pool of 4 δ (Alg. 3)", "lowcost_pool": "low-cost + pool of 4 δ (Alg. 4)",
-              "fgsm": "FGSM adv. training", "pgd": "PGD adv. training", "uadam": "uADAM (Alg. 3, ADAM on δ)"}
-ALGO_ORDER = ["natural", "uat", "lowcost", "uat_pool", "lowcost_pool", "fgsm", "pgd", "uadam"]
-ALGO_SHORT = {"natural": "natural", "uat": "uFGSM", "lowcost": "low-cost", "uat_pool": "uFGSM pool",
-              "lowcost_pool": "low-cost pool", "fgsm": "FGSM", "pgd": "PGD", "uadam": "uADAM"}
-UNIVERSAL_ALGOS = ("uat", "lowcost", "uat_pool", "lowcost_pool", "uadam")   # those that carry a universal δ
+ALGO_LABEL = {a: v.label for a, v in ALGORITHMS.items()}
+ALGO_SHORT = {a: v.short for a, v in ALGORITHMS.items()}
+ALGO_ORDER = list(ALGORITHM_ORDER)
+UNIVERSAL_ALGOS = UNIVERSAL_ALGORITHMS            # those that carry a universal δ
 BETAS = [float(b) for b in range(1, 21)] + [INF]
 
 
-def _per(ds: str, digits, cifar10):
-    return digits if ds == "digits" else cifar10
+def paper_order(entries: dict[str, dict]) -> dict[str, dict]:
+    """Zoo manifest entries by algorithm, the paper's algorithms first in their order, then any others."""
+    return {a: entries[a] for a in ALGO_ORDER if a in entries} | {a: e for a, e in entries.items()
+                                                                 if a not in ALGO_ORDER}
 
 
 def defaults(page: str, ds: str) -> dict:
-    """The default settings of ``page`` ("lab", "beta", "race", "uat", "idf", "size", "transfer", "bank")."""
-    d = DATASET[ds]
-    base = {"model": "natural", "eps": d["eps"], "test_size": d["test_size"]}
-    if page == "lab":
-        return {**base, "norm": "linf", "beta": 9.0, "optimizer": "pgd", "step_size": None,
-                "epochs": _per(ds, 5, 5), "attack_size": _per(ds, 500, 2000), "target": None, "seed": 0,
-                "strong": False}
-    if page == "beta":
-        return {**base, "betas": [1.0, 2.0, 3.0, 5.0, 9.0, 15.0, INF], "repeats": _per(ds, 3, 2),
-                "attack_size": _per(ds, 500, 1000), "epochs": _per(ds, 5, 4), "optimizer": "pgd"}
-    if page == "race":
-        return {**base, "epochs": _per(ds, 5, 5), "attack_size": _per(ds, 500, 1000), "beta": 9.0, "seed": 0}
-    if page == "uat":
-        return {"eps": d["eps"], "test_size": d["test_size"],
-                "algorithms": ["natural", "uat", "lowcost", "uat_pool", "lowcost_pool"],
-                "epochs": _per(ds, 8, 1), "train_size": _per(ds, 1297, 5000), "delta_rule": "fgsm",
-                "attack_size": _per(ds, 500, 1000), "attack_epochs": _per(ds, 5, 3), "seed": 0}
-    if page == "idf":
-        return {**base, "attack_size": _per(ds, 128, 64), "idf_passes": 2, "alg2_epochs": 20,
-                "idf_batch": 8}
-    if page == "size":
-        return {**base, "sizes": _per(ds, [25, 50, 100, 250, 500, 1297], [50, 100, 250, 500, 1000, 2000]),
-                "repeats": 2, "steps": _per(ds, 20, 40)}
-    if page == "transfer":
-        return {"test_size": d["test_size"]}
-    if page == "bank":
-        return {**base, "test_size": 200, "beta": 9.0, "random": 4, "seed": 0}     # ~400 patterns × 200 images
-    raise KeyError(page)
+    """The default settings of ``page`` (an id of :data:`webapp.pages_spec.PAGES`) on ``ds``."""
+    from .pages_spec import spec     # deferred: pages_spec imports this module
+    make = spec(page).defaults
+    if make is None:
+        raise KeyError(f"page {page!r} has no settings")
+    return dict(make(ds))
 
 
 def _plain(v):
@@ -89,6 +97,30 @@ def key(page: str, ds: str, model_tag: str, settings: dict) -> str:
     """A stable string naming one result: page, dataset, model (with its hash) and settings."""
     body = json.dumps({k: _plain(v) for k, v in sorted(settings.items())}, sort_keys=True)
     return f"{page}|{ds}|{model_tag}|{body}"
+
+
+def page_of(key_: str) -> str:
+    """The page id a key names."""
+    return key_.split("|", 1)[0]
+
+
+def settings_of(key_: str) -> dict:
+    """The settings part of a key (β = ∞ comes back as the string "inf")."""
+    return json.loads(key_.split("|", 3)[3])
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One result asked for: the page, dataset and model (tag) it belongs to and the settings that make it.
+    Whoever holds a result through a Ref knows its settings without reading them back from the key."""
+    page: str
+    ds: str
+    tag: str                       # the model: zoo:<name>:<sha12> | upload:<sha12> | session:... | zoo-set:...
+    settings: dict[str, Any]
+
+    @functools.cached_property
+    def key(self) -> str:
+        return key(self.page, self.ds, self.tag, self.settings)
 
 
 def fmt_beta(b: float) -> str:
@@ -127,11 +159,5 @@ def zoo_tag(entry: dict) -> str:
 
 def zoo_set_tag(entries: list[dict]) -> str:
     """One tag for a set of zoo models and their shipped perturbations (the transfer matrix)."""
-    import hashlib
     text = "\n".join(sorted(f"{e['name']}:{e['sha256']}:{e.get('perturbation_sha256', '')}" for e in entries))
     return "zoo-set:" + hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def settings_of(key_: str) -> dict:
-    """The settings part of a key (β = ∞ comes back as the string "inf")."""
-    return json.loads(key_.split("|", 3)[3])

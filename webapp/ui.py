@@ -7,12 +7,13 @@ import math
 import streamlit as st
 import torch
 
-from uat_core import export
-from uat_core.errors import UATError
+from uat_core.engine import export
+from uat_core.engine.errors import UATError
 
 from . import settings as S
-from . import state
-from .state import Picked, Shown
+from .state import models, uploads
+from .state.models import Picked
+from .state.results import Shown
 
 
 def pct(v: float | None) -> str:
@@ -70,8 +71,8 @@ def model_select(page: str, ds: str, where=None, label: str = "Model", upload: b
                  default: str = "natural") -> Picked | None:
     """A zoo model, a model trained on the training page in this session, or an uploaded checkpoint."""
     where = where or st.sidebar
-    zoo = state.zoo(ds)
-    session = state.session_models(ds)
+    zoo = models.zoo(ds)
+    session = models.session_models(ds)
     options = list(zoo) + list(session) + (["upload"] if upload else [])
     if not options:
         where.error(f"No {ds} models in the zoo yet (assets/models/manifest.json).")
@@ -95,18 +96,18 @@ def model_select(page: str, ds: str, where=None, label: str = "Model", upload: b
         where.caption(f"{e['arch']}, {pct(e['clean_top1'])} clean test accuracy, "
                       f"{pct(e.get('perturbed_top1'))} under its shipped δ (ε = {e['eps']})")
     if choice in zoo:
-        return state.zoo_model(ds, choice)
+        return models.zoo_model(ds, choice)
     if choice in session:
         return session[choice]
-    f = where.file_uploader(f"A UAT Lab checkpoint for {ds} (.pt, ≤ {state.MAX_UPLOAD_MB} MB)", type=["pt", "pth"],
-                            key=f"{page}_upload", max_upload_size=state.MAX_UPLOAD_MB,
+    f = where.file_uploader(f"A UAT Lab checkpoint for {ds} (.pt, ≤ {uploads.MAX_UPLOAD_MB} MB)", type=["pt", "pth"],
+                            key=f"{page}_upload", max_upload_size=uploads.MAX_UPLOAD_MB,
                             help="Written by `python -m uat_core train`. It is read with torch.load("
                                  "weights_only=True): nothing in it runs as code.")
     if f is None:
         where.info("Choose a file, or pick a zoo model.")
         return None
     try:
-        return state.load_upload(f.getvalue(), ds)
+        return uploads.load_upload(f.getvalue(), ds)
     except UATError as e:
         where.error(f"This file can't be used: {e}")
         return None
@@ -123,12 +124,8 @@ def shown_note(shown: Shown, run_label: str = "Run") -> None:
 
 
 def _readable(s: dict) -> dict:
-    out = {}
-    for k, v in s.items():
-        if k in ("test_size",):
-            continue
-        out[k] = math.inf if v == "inf" else ([math.inf if x == "inf" else x for x in v] if isinstance(v, list) else v)
-    return out
+    """The settings worth a caption, in the order of their names."""
+    return {k: v for k, v in sorted(s.items()) if k != "test_size"}
 
 
 def attack_metrics(m: dict, seconds: float | None = None, steps: int | None = None, where=None) -> None:
@@ -164,10 +161,11 @@ def _jsonable(o):
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _files(key: str, ident: int, _result: dict, eps_px: float) -> dict:
+def _files(key: str, ident: int, _result: dict, eps_px: float, _settings: dict) -> dict:
+    """The download files of the result ``_result`` stored under ``key`` (which names ``_settings``)."""
     d = _result["delta"]
     snaps = _result.get("snapshots") or [(0, d)]
-    meta = {"settings": S.settings_of(key) if key.count("|") >= 3 else {}, "metrics": _result.get("metrics"),
+    meta = {"settings": dict(sorted(_settings.items())), "metrics": _result.get("metrics"),
             "seconds": _result.get("seconds"), "steps": _result.get("steps"), "stopped": _result.get("stopped"),
             "config": _result.get("config")}
     return {"png": export.png_bytes(export.delta_image(d, eps_px, 8)), "gif": export.gif_bytes(snaps, eps_px),
@@ -175,10 +173,10 @@ def _files(key: str, ident: int, _result: dict, eps_px: float) -> dict:
             "json": json.dumps(_jsonable(meta), indent=2, allow_nan=False).encode()}
 
 
-def downloads(key: str, result: dict, eps_px: float, stem: str, where=None) -> None:
-    """δ as PNG, GIF (its evolution), .npy and .pt, and the metrics as JSON."""
+def downloads(key: str, settings: dict, result: dict, eps_px: float, stem: str, where=None) -> None:
+    """δ as PNG, GIF (its evolution), .npy and .pt, and the metrics and ``settings`` (those of ``result``) as JSON."""
     where = where or st
-    f = _files(key, id(result), result, eps_px)
+    f = _files(key, id(result), result, eps_px, settings)
     cols = where.columns(5)
     spec = [("png", "PNG", "image/png"), ("gif", "GIF", "image/gif"), ("npy", ".npy", "application/octet-stream"),
             ("pt", ".pt", "application/octet-stream"), ("json", "metrics JSON", "application/json")]

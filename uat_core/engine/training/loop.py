@@ -209,8 +209,6 @@ class Trainer(Run):
                 return net(x).float()
         return net(x)
 
-    _fwd = fwd
-
     def loss(self, logits, y):
         """The training loss of the weights: cross-entropy, with ``label_smoothing`` (Alg. 4's δ shares it)."""
         return F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)

@@ -20,22 +20,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("row", list(study.ROWS))
-def test_every_row_is_a_valid_training_command_that_differs_from_base_in_its_factor(row):
-    argv = shlex.split(study.command(row))[3:]                        # after "python -m uat_core"
+def test_every_row_is_valid_fields_and_the_command_says_the_same(row):
+    fields = dict(study.ROWS[row][3])
+    arch_name(fields.pop("model"), fields.pop("width", 1), fields.pop("shortcut", "projection"))   # a real arch
+    cfg = train_defaults("cifar10", **fields).validate()                  # TrainConfig fields, in range
+    argv = shlex.split(study.command(row))[3:]                             # after "python -m uat_core"
     args = cli.build_parser().parse_args(argv)
-    arch_name(args.model, args.width, args.shortcut)                  # raises on a bad architecture
-    train_defaults("cifar10", epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, schedule=args.schedule,
-                   label_smoothing=args.label_smoothing, weight_decay=args.weight_decay).validate()
-    assert args.out == f"runs/study/{row}" and args.dataset == "cifar10" and args.no_report
+    args.argv = argv
+    run = cli.train_run(args)                                              # the CLI reads the same recipe back
+    assert run.config == cfg and run.out.as_posix() == f"runs/study/{row}" and not run.report
+    assert run.data.dataset == "cifar10"
     if row != "base":
         assert study.ROWS[row][3] != study.BASE
 
 
-def test_with_replaces_flags_and_adds_bare_ones():
-    a = study._with(epochs=30, no_augment=True, label_smoothing=0.1)
-    assert a[a.index("--epochs") + 1] == "30" and a.count("--epochs") == 1
-    assert "--no-augment" in a and a[a.index("--label-smoothing") + 1] == "0.1"
-    assert study.BASE[study.BASE.index("--epochs") + 1] == "10"        # BASE itself is untouched
+def test_with_replaces_fields_and_leaves_base_alone():
+    a = study._with(epochs=30, augment=False, label_smoothing=0.1)
+    assert a["epochs"] == 30 and a["augment"] is False and a["label_smoothing"] == 0.1
+    assert study.BASE["epochs"] == 10 and "augment" not in study.BASE            # BASE itself is untouched
 
 
 def fake(row: str, strong: float) -> dict:

@@ -301,9 +301,9 @@ def cmd_attack(args) -> int:
         raise UATError(f"unknown optimizer '{args.optimizer}': choose {', '.join(OPTIMIZERS)}")
     if args.method == "idf" and args.target is not None:
         raise UATError("--target needs --method alg2: iDeepFool (Alg. 1) is untargeted")
-    method = "strong" if args.strong else args.method
+    attack = "strong" if args.strong else args.method
     world = distributed.world_size()
-    if world > 1 and method != "alg2":
+    if world > 1 and attack != "alg2":
         raise UATError(f"{'--strong' if args.strong else '--method idf'} runs in one process only: run it without "
                        "torchrun (under torchrun, attack shares Alg. 2, the default method, among the processes)")
     if args.strong:
@@ -356,9 +356,9 @@ def cmd_attack(args) -> int:
         if same_images and lead:
             print(f"note: {args.dataset[12:]} has no separate train and test (or val) folders: the test accuracy "
                   "below is measured on the same images the attack is built on", file=sys.stderr)
-        run = make_attack(model, train, method, device, group=group, **cfg)
+        run = make_attack(model, train, attack, device, group=group, **cfg)
         res = run.run(progress=not args.quiet and lead,
-                      desc={"idf": "iDeepFool", "strong": "strong attack"}.get(method, "Alg. 2"))
+                      desc={"idf": "iDeepFool", "strong": "strong attack"}.get(attack, "Alg. 2"))
         eps = args.eps / 255.0
         # the baseline every figure stands beside: the best fixed bank pattern at the same ε (chosen on the attack set)
         fixed_name, fixed = baseline_of(res, model, train.float_images(), train.labels, eps, args.norm, args.beta,
@@ -376,7 +376,7 @@ def cmd_attack(args) -> int:
                                                                             res.snapshots).items()}
             atomic_bytes(stage / "grid.png", png_bytes(_grid(model, test, res.delta, device)))
             beats = m["perturbed_top1"] < mf["perturbed_top1"]
-            metrics = {**m, "eps": args.eps, "beta": args.beta, "method": args.method, "attack": method,
+            metrics = {**m, "eps": args.eps, "beta": args.beta, "method": args.method, "attack": attack,
                        "start": res.config.get("start", "zero"), "leaderboard": res.config.get("leaderboard"),
                        "best_fixed": {"name": fixed_name, "perturbed_top1": mf["perturbed_top1"]},
                        "beats_best_fixed": beats, "seconds": res.seconds,
@@ -387,7 +387,7 @@ def cmd_attack(args) -> int:
             write_json(stage / "metrics.json", metrics)
         print(f"clean top-1 {100 * m['clean_top1']:.1f}% -> perturbed top-1 {100 * m['perturbed_top1']:.1f}% "
               f"(fooling ratio {100 * m['fooling_ratio']:.1f}%, ε = {args.eps:g}/255, {res.seconds:.1f} s, "
-              f"{method}{', start ' + res.config['start'] if method == 'strong' else ''}"
+              f"{attack}{', start ' + res.config['start'] if attack == 'strong' else ''}"
               f"{f', {world} processes' if world > 1 else ''}); best fixed pattern "
               f"({fixed_name}) {100 * mf['perturbed_top1']:.1f}%"
               f"{'' if beats else ' -- the attack does NOT beat it'}; wrote {out}")

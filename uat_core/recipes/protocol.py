@@ -4,7 +4,7 @@ A robustness figure is the test accuracy a model keeps under a universal perturb
 against that model, on training images only** (never the test images), shown beside the strongest fixed
 pattern of the bank at the same ε (the baseline that needs no optimisation: an attack that does not beat it
 is flagged). The attack is the strong multi-start search (``attacks/strong.py``) with the settings below; the
-paper's plain Alg. 2 from δ = 0 (``kind="alg2"``) uses the same β, optimizer, epochs and seed, so the two
+paper's plain Alg. 2 from δ = 0 (``attack="alg2"``) uses the same β, optimizer, epochs and seed, so the two
 columns of a table differ only in the search.
 
 The CLI's training report, the zoo's shipped perturbations, docs/results.md, the app's training page and
@@ -26,34 +26,34 @@ import math
 from ..engine.attacks import make_attack
 from ..engine.data import ImageData
 
-KINDS = ("strong", "alg2")
+ATTACKS = ("strong", "alg2")     # the name every record uses: metrics.json's "attack", the manifest's
 BETA = 9.0             # clip of the per-image cross-entropy (eq. 3)
 OPTIMIZER = "pgd"      # the sign-gradient update, the paper's default
 EPOCHS = 10            # passes of Alg. 2 over the attack images (the strong attack's winner gets as many)
 SEED = 0
 
 
-def attack_config(kind: str = "strong", eps: float = 8.0, epochs: int = EPOCHS, seed: int = SEED,
+def attack_config(attack: str = "strong", eps: float = 8.0, epochs: int = EPOCHS, seed: int = SEED,
                   beta: float = BETA, **extra) -> dict:
-    """The ``make_attack`` fields of the protocol's attack ``kind`` at ``eps`` (0-255 units)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown protocol attack '{kind}': choose {' or '.join(KINDS)}")
+    """The ``make_attack`` fields of the protocol's ``attack`` at ``eps`` (0-255 units)."""
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown protocol attack '{attack}': choose {' or '.join(ATTACKS)}")
     cfg = {"eps": eps, "beta": beta, "epochs": epochs, "seed": seed, "snapshot_every": 0, **extra}
-    if kind == "alg2":
+    if attack == "alg2":
         cfg.setdefault("optimizer", OPTIMIZER)
     return cfg
 
 
-def attack_run(model, attack_set: ImageData, kind: str = "strong", eps: float = 8.0, epochs: int = EPOCHS,
+def attack_run(model, attack_set: ImageData, attack: str = "strong", eps: float = 8.0, epochs: int = EPOCHS,
                seed: int = SEED, device=None, **extra):
     """The protocol's attack as an engine Run (iterate it for progress events, or ``.run()`` it)."""
-    return make_attack(model, attack_set, kind, device, **attack_config(kind, eps, epochs, seed, **extra))
+    return make_attack(model, attack_set, attack, device, **attack_config(attack, eps, epochs, seed, **extra))
 
 
-def record(kind: str, eps: float, attack_size: int, result=None, epochs: int = EPOCHS, seed: int = SEED,
+def record(attack: str, eps: float, attack_size: int, result=None, epochs: int = EPOCHS, seed: int = SEED,
            beta: float = BETA, **more) -> dict:
     """The plain-data description of how a δ was made, as the manifest and metrics.json store it."""
-    out = {"attack": kind, "eps": eps, "beta": beta if math.isfinite(beta) else "inf", "optimizer": OPTIMIZER,
+    out = {"attack": attack, "eps": eps, "beta": beta if math.isfinite(beta) else "inf", "optimizer": OPTIMIZER,
            "epochs": epochs, "attack_size": attack_size, "seed": seed}
     if result is not None:
         out["start"] = result.config.get("start", "zero")

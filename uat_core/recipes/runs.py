@@ -31,6 +31,21 @@ from . import protocol
 from .pipeline import make_trainer, meta_for, robustness_report
 
 
+def cli_flags(fields: dict) -> list[str]:
+    """The ``uat train`` flags that say the same as ``fields`` (TrainConfig and run fields by their names): what a
+    recipe records as its command, and what a user types. ``report=False`` is ``--no-report``, ``augment=False``
+    ``--no-augment``, a True boolean a bare flag; numbers as Python writes them shortest (``5e-4`` -> 0.0005)."""
+    out: list[str] = []
+    for k, v in fields.items():
+        if k in ("report", "augment"):
+            out += [] if v else [f"--no-{k}"]
+        elif v is True:
+            out.append("--" + k.replace("_", "-"))
+        else:
+            out += ["--" + k.replace("_", "-"), f"{v:g}" if isinstance(v, float) else str(v)]
+    return out
+
+
 def check_size(n: int | None, what: str) -> None:
     """A count a user gave (None: not given) must be at least 1."""
     if n is not None and n < 1:

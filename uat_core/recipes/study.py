@@ -30,6 +30,7 @@ from ..engine.data import load_dataset
 from ..engine.device import pick_device
 from ..engine.evaluation import evaluate
 from . import protocol
+from .runs import cli_flags
 
 ROOT = Path(__file__).resolve().parents[2]          # the project (docs/ and runs/ live here)
 OUT = ROOT / "docs" / "study"
@@ -38,33 +39,23 @@ RUNS = ROOT / "runs" / "study"
 EPS = 8                 # 0-255 units, the paper's CIFAR-10 ε
 TRAIN_PROBE = 10_000    # stratified training images scored after training (convergence)
 
-# The base recipe: today's zoo architecture (ResNet-20, projection shortcuts) at a CPU-sized budget.
-BASE = ["--model", "resnet20", "--epochs", "10", "--batch-size", "256", "--schedule", "onecycle", "--lr", "0.2",
-        "--weight-decay", "5e-4"]
+# The base recipe: today's zoo architecture (ResNet-20, projection shortcuts) at a CPU-sized budget. A row's recipe
+# is fields: ``model``, ``width`` and ``shortcut`` (models.arch_name) and TrainConfig's (checked by test_study).
+BASE: dict = dict(model="resnet20", epochs=10, batch_size=256, schedule="onecycle", lr=0.2, weight_decay=5e-4)
 
 
-def _with(**changes) -> list[str]:
-    """BASE with flags replaced or added (``no_augment=True`` adds a bare flag)."""
-    args = list(BASE)
-    for k, v in changes.items():
-        flag = "--" + k.replace("_", "-")
-        if v is True:
-            args.append(flag)
-            continue
-        if flag in args:
-            args[args.index(flag) + 1] = str(v)
-        else:
-            args += [flag, str(v)]
-    return args
+def _with(**changes) -> dict:
+    """BASE with fields replaced or added."""
+    return {**BASE, **changes}
 
 
 # row -> (factor, what changes, where it can run, training arguments)
-ROWS: dict[str, tuple[str, str, str, list[str]]] = {
+ROWS: dict[str, tuple[str, str, str, dict]] = {
     "base": ("—", "ResNet-20, 10 epochs, batch 256, one-cycle lr 0.2, crop + flip", "cpu", BASE),
     "ls01": ("label smoothing", "0.1", "cpu", _with(label_smoothing=0.1)),
     "ls02": ("label smoothing", "0.2", "cpu", _with(label_smoothing=0.2)),
     "identity": ("shortcut", "identity (option A) instead of 1×1 projections", "cpu", _with(shortcut="identity")),
-    "noaug": ("augmentation", "none (no crop, no flip)", "cpu", _with(no_augment=True)),
+    "noaug": ("augmentation", "none (no crop, no flip)", "cpu", _with(augment=False)),
     "wd0": ("weight decay", "0 instead of 5e-4", "cpu", _with(weight_decay=0)),
     "e30": ("training length", "30 epochs instead of 10", "cpu", _with(epochs=30)),
     "bs64": ("batch size", "64 (lr 0.05) instead of 256 (lr 0.2)", "cpu", _with(batch_size=64, lr=0.05)),
@@ -85,7 +76,7 @@ ROWS: dict[str, tuple[str, str, str, list[str]]] = {
 def command(row: str) -> str:
     """The exact training command of ``row`` (what a user types)."""
     return ("python -m uat_core train --dataset cifar10 --eps 8 --seed 0 --no-report "
-            + " ".join(ROWS[row][3]) + f" --out runs/study/{row}")
+            + " ".join(cli_flags(ROWS[row][3])) + f" --out runs/study/{row}")
 
 
 def train(row: str, threads: int) -> Path:
@@ -94,7 +85,7 @@ def train(row: str, threads: int) -> Path:
     if (out / "model.pt").is_file() and (out / "metrics.json").is_file():
         return out
     argv = [sys.executable, "-m", "uat_core", "train", "--dataset", "cifar10", "--eps", str(EPS), "--seed", "0",
-            "--no-report", *ROWS[row][3], "--out", f"runs/study/{row}"]   # relative: no machine path recorded
+            "--no-report", *cli_flags(ROWS[row][3]), "--out", f"runs/study/{row}"]   # relative: no machine path
     if (out / "checkpoint.pt").is_file():
         argv.append("--resume")
     elif out.exists():

@@ -18,7 +18,7 @@ from ..engine.evaluation import evaluate
 from ..engine.fileio import atomic_write
 from ..recipes import protocol, study
 from ..recipes.profiles import ALGORITHMS, DATASETS, train_defaults
-from ..recipes.runs import DataOptions, TrainRun, run_training
+from ..recipes.runs import DataOptions, TrainRun, cli_flags, run_training
 from .cache import cache_path, cached_attack
 from .store import (ROOT, ZOO_DIR, list_models, load_zoo_model, load_zoo_perturbation, read_manifest, sha256,
                     slice_metrics, write_manifest, zoo_name)
@@ -75,19 +75,6 @@ def recipe(dataset: str, algo: str, device: torch.device) -> dict:
     return {"algorithm": a.trains_as, **a.overrides, **table[algo]}
 
 
-def _flags(fields: dict) -> list[str]:
-    """The ``uat train`` flags that say the same as recipe ``fields`` (recorded in the model's metadata)."""
-    out = []
-    for k, v in fields.items():
-        if k == "report":
-            out += [] if v else ["--no-report"]
-        elif v is True:
-            out.append("--" + k.replace("_", "-"))
-        else:
-            out += ["--" + k.replace("_", "-"), str(v)]
-    return out
-
-
 def refresh(dataset: str, data_root: str | None = None) -> None:
     """Recompute the slice figures of every manifest entry of ``dataset`` (after a code change)."""
     man = read_manifest()
@@ -111,7 +98,7 @@ def train_model(dataset: str, algo: str, data_root: str | None, dev: torch.devic
     out = RUNS / name
     rel = os.path.relpath(out, ROOT)          # the command recorded in the model's metadata names no machine path
     argv = ["--dataset", dataset, "--model", prof.arch, "--eps", str(prof.eps), "--out", rel,
-            "--report-attack-size", str(prof.attack_size), "--seed", "0", *_flags({**fields, **run_opts})]
+            "--report-attack-size", str(prof.attack_size), "--seed", "0", *cli_flags({**fields, **run_opts})]
     if data_root:
         argv += ["--data-root", data_root]
     if device not in (None, "", "auto"):
@@ -169,7 +156,7 @@ def build(dataset: str, only: list[str] | None = None, data_root: str | None = N
             "clean_top1": metrics["clean_top1"], "robust_top1": metrics.get("robust_top1"),
             "train_seconds": round(metrics["seconds"], 1), "passes": metrics.get("passes"),
             "command": (meta["training"].get("command") or "").replace(str(ROOT) + os.sep, ""),
-            "recipe": " ".join(_flags(recipe(dataset, algo, dev))),       # what differs between the zoo's models
+            "recipe": " ".join(cli_flags(recipe(dataset, algo, dev))),       # what differs between the zoo's models
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             "built": _dt.date.today().isoformat(),
         }

@@ -11,9 +11,10 @@ from ..engine.fileio import atomic_write
 from ..recipes import protocol
 
 
-def cache_path(cache: Path, sha: str, kind: str, eps: int, size: int, epochs: int) -> Path:
-    """The cache file of one attack: the model's sha256, the attack kind, ε (0-255 units), attack size, epochs."""
-    return cache / f"{sha[:16]}_{kind}_eps{eps}_n{size}_e{epochs}.pt"
+def cache_path(cache: Path, sha: str, attack: str, eps: int, size: int, epochs: int) -> Path:
+    """The cache file of one attack: the model's sha256, the attack (strong or alg2), ε (0-255 units), attack size and
+    epochs."""
+    return cache / f"{sha[:16]}_{attack}_eps{eps}_n{size}_e{epochs}.pt"
 
 
 def _select_final(model, train, out: dict) -> dict:
@@ -28,17 +29,17 @@ def _select_final(model, train, out: dict) -> dict:
     return out
 
 
-def cached_attack(model, train, kind: str, eps, epochs, cache_file: Path | None) -> dict:
+def cached_attack(model, train, attack: str, eps, epochs, cache_file: Path | None) -> dict:
     """{"delta", and for the strong attack "fixed", "fixed_name", "start"} for ``model`` at ``eps``; reused
     from ``cache_file`` when an earlier run made it."""
     if cache_file is not None and cache_file.is_file():
         out = torch.load(cache_file, weights_only=True)
-        if kind == "strong" and "select" not in out:  # cached before the fixed pattern competed for the final δ
+        if attack == "strong" and "select" not in out:  # cached before the fixed pattern competed for the final δ
             out = _select_final(model, train, out)
             atomic_write(cache_file, lambda tmp: torch.save(out, tmp))
         return out
-    res = protocol.attack_run(model, train, kind, eps, epochs).run()
-    if kind == "strong":
+    res = protocol.attack_run(model, train, attack, eps, epochs).run()
+    if attack == "strong":
         out = {"delta": res.delta.clone(), "fixed": res.best_fixed.clone(),
                "fixed_name": res.config["best_fixed"]["name"], "start": res.config["start"],
                "seconds": float(res.seconds), "select": "acc"}

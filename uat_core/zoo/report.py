@@ -84,12 +84,12 @@ def write_report(dataset: str, data_root: str | None, attack_size: int | None, o
         row["clean_top1"] = _perturbed_top1(model, test, None)
         for eps in eps_list:
             got = {}
-            for kind in ("alg2", "strong"):
-                print(f"attacking {e['name']} at ε = {eps} ({kind}) ...", file=sys.stderr, flush=True)
-                cfile = cache_path(cache, e["sha256"], kind, eps, len(train), attack_epochs) if cache else None
+            for attack in ("alg2", "strong"):
+                print(f"attacking {e['name']} at ε = {eps} ({attack}) ...", file=sys.stderr, flush=True)
+                cfile = cache_path(cache, e["sha256"], attack, eps, len(train), attack_epochs) if cache else None
                 attacks += 1
                 reused += bool(cfile is not None and cfile.is_file())
-                got[kind] = cached_attack(model, train, kind, eps, attack_epochs, cfile)
+                got[attack] = cached_attack(model, train, attack, eps, attack_epochs, cfile)
             st = got["strong"]
             row[f"alg2_top1@{eps}"] = _perturbed_top1(model, test, got["alg2"]["delta"])
             row[f"robust_top1@{eps}"] = _perturbed_top1(model, test, st["delta"])     # the strong attack

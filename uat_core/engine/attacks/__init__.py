@@ -21,16 +21,17 @@ __all__ = ["make_attack", "AttackConfig", "AttackResult", "UniversalAttack", "un
            "score_bank", "StrongConfig", "StrongUniversalAttack", "strong_attack"]
 
 
-def make_attack(model, attack_set: "ImageData", method: str = "alg2", device=None, group=None, **cfg):
-    """An Alg. 2 (``alg2``), strong multi-start (``strong``) or iDeepFool (``idf``) run over ``attack_set``;
-    cfg: the fields of that method's config (AttackConfig, StrongConfig, IDFConfig). ``group``: the
-    processes of a torchrun (``distributed.Group``) that share Alg. 2's minibatches; the other methods run in
+def make_attack(model, attack_set: "ImageData", attack: str = "alg2", device=None, group=None, **cfg):
+    """An Alg. 2 (``alg2``), strong multi-start (``strong``) or iDeepFool (``idf``) run over ``attack_set`` (the
+    ``attack`` every record names: metrics.json's "attack", the protocol's);
+    cfg: the fields of that attack's config (AttackConfig, StrongConfig, IDFConfig). ``group``: the
+    processes of a torchrun (``distributed.Group``) that share Alg. 2's minibatches; the other attacks run in
     one process."""
     x, y = attack_set.float_images(), attack_set.labels
-    if group is not None and group.world > 1 and method != "alg2":
-        raise UATError(f"the {method} attack runs in one process only, not under torchrun")
-    if method == "idf":
+    if group is not None and group.world > 1 and attack != "alg2":
+        raise UATError(f"the {attack} attack runs in one process only, not under torchrun")
+    if attack == "idf":
         return IDeepFool(model, x, y, IDFConfig(**cfg), device=device)
-    if method == "strong":
+    if attack == "strong":
         return StrongUniversalAttack(model, x, y, StrongConfig(**cfg), device=device)
     return UniversalAttack(model, x, y, AttackConfig(**cfg), device=device, group=group)

@@ -447,8 +447,8 @@ def cmd_eval(args) -> int:
 
 def _data_options(args) -> DataOptions:
     """The data flags of a command line."""
-    return DataOptions(args.dataset, args.data_root, args.image_size, args.seed, args.stream, args.stream_threshold,
-                       args.workers, args.quiet)
+    return DataOptions(args.dataset, args.data_root, image_size=args.image_size, seed=args.seed, stream=args.stream,
+                       stream_threshold=args.stream_threshold, workers=args.workers, quiet=args.quiet)
 
 
 def _init_weights(src: str) -> tuple[Path, str]:
@@ -477,9 +477,10 @@ def train_run(args) -> TrainRun:
         cfg.augment = False
     init, source = _init_weights(args.init_weights) if args.init_weights else (None, None)
     return TrainRun(_data_options(args), arch_name(check_arch(args.model), args.width, args.shortcut), cfg,
-                    Path(args.out), args.device, args.force, args.resume, args.train_size, args.eval_size, init,
-                    source, not args.no_report, args.report_eps, args.report_attack_size, args.report_attack_epochs,
-                    "python -m uat_core " + " ".join(args.argv))
+                    Path(args.out), device=args.device, force=args.force, resume=args.resume,
+                    train_size=args.train_size, eval_size=args.eval_size, init_weights=init, init_source=source,
+                    report=not args.no_report, report_eps=args.report_eps, report_attack_size=args.report_attack_size,
+                    report_attack_epochs=args.report_attack_epochs, command="python -m uat_core " + " ".join(args.argv))
 
 
 def cmd_train(args) -> int:

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import math
 
 import streamlit as st
 import torch
 
 from uat_core.engine import export
 from uat_core.engine.errors import UATError
+from uat_core.engine.fileio import jsonable
 
 from . import settings as S
 from .state import models, uploads
@@ -147,19 +147,6 @@ def attack_metrics(m: dict, seconds: float | None = None, steps: int | None = No
                           "excluding the time the page spends drawing")
 
 
-def _jsonable(o):
-    """JSON-safe copy: ∞ as "inf", tensors as lists."""
-    if isinstance(o, float) and not math.isfinite(o):
-        return None if math.isnan(o) else ("inf" if o > 0 else "-inf")
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, torch.Tensor):
-        return _jsonable(o.tolist())
-    return o
-
-
 @st.cache_data(show_spinner=False, max_entries=32)
 def _files(key: str, ident: int, _result: dict, eps_px: float, _settings: dict) -> dict:
     """The download files of the result ``_result`` stored under ``key`` (which names ``_settings``)."""
@@ -170,7 +157,7 @@ def _files(key: str, ident: int, _result: dict, eps_px: float, _settings: dict) 
             "config": _result.get("config")}
     return {"png": export.png_bytes(export.delta_image(d, eps_px, 8)), "gif": export.gif_bytes(snaps, eps_px),
             "npy": export.npy_bytes(d), "pt": export.pt_bytes(d),
-            "json": json.dumps(_jsonable(meta), indent=2, allow_nan=False).encode()}
+            "json": json.dumps(jsonable(meta), indent=2, allow_nan=False).encode()}
 
 
 def downloads(key: str, settings: dict, result: dict, eps_px: float, stem: str, where=None) -> None:

@@ -49,21 +49,22 @@ def atomic_bytes(path, data: bytes) -> Path:
     return atomic_write(path, w)
 
 
-def _jsonable(o):
+def jsonable(o):
+    """A JSON-safe copy of ``o``: ∞ as the string "inf" (NaN as null), tensors and numpy arrays as lists or numbers."""
     if isinstance(o, float) and not math.isfinite(o):
         return None if math.isnan(o) else ("inf" if o > 0 else "-inf")
     if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
+        return {str(k): jsonable(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if hasattr(o, "item") and getattr(o, "ndim", 1) == 0:
-        return _jsonable(o.item())
+        return [jsonable(v) for v in o]
+    if hasattr(o, "tolist"):                   # tensors, numpy arrays and scalars (0-d: the number itself)
+        return jsonable(o.tolist())
     return o
 
 
 def write_json(path, obj) -> Path:
     """Atomic JSON; ∞ is written as the string "inf" (JSON has no infinity)."""
-    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False)
+    text = json.dumps(jsonable(obj), indent=2, allow_nan=False)
     return atomic_bytes(path, (text + "\n").encode())
 
 

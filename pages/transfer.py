@@ -7,7 +7,7 @@ import streamlit as st
 from uat_core import plots
 from webapp import live, page, ui
 from webapp import settings as S
-from webapp.jobs import page_job
+from webapp.pages_spec import page_job
 from webapp.state import data, models, results
 
 PAGE = "transfer"

@@ -9,7 +9,7 @@ from uat_core.recipes.profiles import train_defaults
 from uat_core.zoo import trained_on
 from webapp import live, page, ui
 from webapp import settings as S
-from webapp.jobs import page_job
+from webapp.pages_spec import page_job
 from webapp.state import data, models, results
 
 PAGE = "uat"

@@ -28,6 +28,7 @@ from uat_core.engine.attacks import (AttackConfig, IDeepFool, IDFConfig, StrongC
 from uat_core.engine.data import load_dataset
 from uat_core.engine.evaluation import evaluate, predict
 from uat_core.zoo import ZOO_DIR, list_models, load_zoo_model, load_zoo_perturbation
+from webapp import pages_spec as P
 from webapp import settings as S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +140,7 @@ def test_attack_lab_default_is_the_shipped_precomputed_run():
     from webapp.precompute import load_precomputed
     at = open_page("attack_lab")
     entry = {e["algorithm"]: e for e in list_models("digits")}["natural"]
-    res = load_precomputed("digits")[S.key("lab", "digits", S.zoo_tag(entry), S.defaults("lab", "digits"))]
+    res = load_precomputed("digits")[S.key("lab", "digits", S.zoo_tag(entry), P.defaults("lab", "digits"))]
     assert metric(at, "Perturbed top-1") == pytest.approx(round(100 * res["metrics"]["perturbed_top1"], 1))
     curve = next(c for c in charts(at) if "minibatch accuracy" in c["layout"]["title"]["text"])
     assert len(curve["data"][0]["x"]) == res["steps"]
@@ -208,7 +209,7 @@ def test_starting_points_page_scores_the_bank_like_the_engine(eng):
     no_errors(at)
     got = latest(at, "bank")["result"]
     bank = pattern_bank((1, 32, 32), 24 / 255, random=4)
-    assert got["complete"] and len(got["names"]) == len(bank) and got["n"] == S.defaults("bank", "digits")["test_size"]
+    assert got["complete"] and len(got["names"]) == len(bank) and got["n"] == P.defaults("bank", "digits")["test_size"]
     assert got["accs"] == sorted(got["accs"])                           # strongest first
     test = eng["test"].subset(got["n"], 0)                             # the page's fixed stratified subset
     top = [bank.names.index(n) for n in got["names"][:10]]              # the reference for the ten shown first
@@ -225,7 +226,7 @@ def test_starting_points_table_compares_the_shipped_delta_on_the_same_images(eng
     at = open_page("starting_points")
     no_errors(at)
     table = at.dataframe[0].value.set_index("what")["accuracy (%)"]
-    n = S.defaults("bank", "digits")["test_size"]
+    n = P.defaults("bank", "digits")["test_size"]
     test = eng["test"].subset(n, 0)
     delta = load_zoo_perturbation("digits_smallcnn_natural")
     ref = 100 * evaluate(eng["model"], test.images, test.labels, delta)["perturbed_top1"]
@@ -604,13 +605,13 @@ def test_job_advances_in_slices_stops_cleanly_and_reports_user_errors(eng):
 
 def test_settings_keys_name_exactly_one_result():
     from webapp import settings as S
-    d = S.defaults("lab", "digits")
+    d = P.defaults("lab", "digits")
     assert S.key("lab", "digits", "zoo:a:1", d) == S.key("lab", "digits", "zoo:a:1", dict(reversed(list(d.items()))))
     assert S.key("lab", "digits", "zoo:a:1", d) != S.key("lab", "digits", "zoo:a:1", {**d, "eps": 16})
     assert S.key("lab", "digits", "zoo:a:1", d) != S.key("lab", "digits", "zoo:a:2", d)
     inf = S.key("lab", "digits", "t", {**d, "beta": math.inf})
     assert S.settings_of(inf)["beta"] == "inf"
-    assert S.defaults("lab", "digits")["eps"] == 32 and S.defaults("lab", "cifar10")["eps"] == 8
+    assert P.defaults("lab", "digits")["eps"] == 32 and P.defaults("lab", "cifar10")["eps"] == 8
 
 
 def test_every_page_is_one_spec():
@@ -625,7 +626,7 @@ def test_every_page_is_one_spec():
         if p.defaults is not None:
             assert f'PAGE = "{p.id}"' in (ROOT / p.path).read_text(), p.id
             for ds in S.DATASETS:
-                assert S.defaults(p.id, ds) == dict(p.defaults(ds)) and S.defaults(p.id, ds)["test_size"] > 0
+                assert P.defaults(p.id, ds) == dict(p.defaults(ds)) and P.defaults(p.id, ds)["test_size"] > 0
     assert set(precompute.PAGES) == {p.id for p in PAGES.values() if p.ship is not None}
 
 
@@ -634,24 +635,23 @@ def test_every_page_is_one_spec():
 # ---------------------------------------------------------------------------------------------
 
 def test_every_pages_defaults_fit_the_budget_and_the_issues_example_does_not():
-    from webapp import budget
     from webapp.pages_spec import PAGES
     sizes = {"digits": (1297, 500), "cifar10": (50_000, 1_000)}
     runs = [p.id for p in PAGES.values() if p.cost is not None]
     assert set(runs) == {"lab", "beta", "size", "race", "idf", "uat", "transfer", "bank"}
     for ds, (n_train, n_test) in sizes.items():
         for page in runs:
-            est = budget.estimate(page, S.defaults(page, ds), ds, n_train, n_test, n_models=5, n_deltas=6,
+            est = P.estimate(page, P.defaults(page, ds), ds, n_train, n_test, n_models=5, n_deltas=6,
                                   n_patterns=300)
             assert est.allowed and est.passes > 0, (page, ds, est.message)
-    huge = {**S.defaults("uat", "cifar10"), "algorithms": ["natural", "uat", "lowcost", "uat_pool", "lowcost_pool"],
+    huge = {**P.defaults("uat", "cifar10"), "algorithms": ["natural", "uat", "lowcost", "uat_pool", "lowcost_pool"],
             "epochs": 10, "train_size": 50_000}
-    est = budget.estimate("uat", huge, "cifar10", 50_000, 1_000)
+    est = P.estimate("uat", huge, "cifar10", 50_000, 1_000)
     assert not est.allowed and "Too large" in est.message and "fewer epochs" in est.message
     # the cost grows with the work asked for
-    one = budget.passes("lab", S.defaults("lab", "digits"), 1297, 500, channels=1)
-    assert budget.passes("lab", {**S.defaults("lab", "digits"), "epochs": 10}, 1297, 500, channels=1) > one
-    assert budget.passes("lab", {**S.defaults("lab", "digits"), "strong": True}, 1297, 500, channels=1) > 2 * one
+    one = P.passes("lab", P.defaults("lab", "digits"), 1297, 500, channels=1)
+    assert P.passes("lab", {**P.defaults("lab", "digits"), "epochs": 10}, 1297, 500, channels=1) > one
+    assert P.passes("lab", {**P.defaults("lab", "digits"), "strong": True}, 1297, 500, channels=1) > 2 * one
 
 
 def test_the_budget_scale_moves_the_cap(monkeypatch):
@@ -678,8 +678,8 @@ def test_the_estimate_is_within_a_factor_of_two_of_the_images_the_engine_runs(pa
     from uat_core import zoo
     from uat_core.engine.models import Normalized
     from webapp import budget
-    from webapp.jobs import page_job
-    s = {**S.defaults(page, "digits"), "test_size": 100, **settings}
+    from webapp.pages_spec import page_job
+    s = {**P.defaults(page, "digits"), "test_size": 100, **settings}
     train = load_dataset("digits", "train", progress=False)
     test = load_dataset("digits", "test", limit=100, progress=False)
     seen = [0.0]
@@ -696,7 +696,7 @@ def test_the_estimate_is_within_a_factor_of_two_of_the_images_the_engine_runs(pa
     finally:
         handle.remove()
     assert job.error is None
-    est = budget.passes(page, s, len(train), len(test), channels=1)
+    est = P.passes(page, s, len(train), len(test), channels=1)
     assert seen[0] > 0 and 0.5 <= est / seen[0] <= 2.0, (est, seen[0])
 
 

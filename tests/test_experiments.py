@@ -9,8 +9,7 @@ import pytest
 from uat_core.recipes import experiments as X
 from uat_core import zoo
 from uat_core.engine.data import load_dataset
-from webapp import settings as S
-from webapp.jobs import page_job
+from webapp.pages_spec import defaults, page_job
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +21,7 @@ def digits():
 
 def test_the_notebook_sweep_and_the_page_job_run_the_same_attacks(digits):
     model, train, test = digits
-    s = {**S.defaults("size", "digits"), "sizes": [50, 300], "repeats": 1, "steps": 5, "test_size": 100}
+    s = {**defaults("size", "digits"), "sizes": [50, 300], "repeats": 1, "steps": 5, "test_size": 100}
     page = page_job("size", s, train, test, model=model).finish()["rows"]
     nb = list(X.datasize_sweep(model, train, test, sizes=s["sizes"], repeats=1, steps=5, eps=s["eps"]))
     assert [(r["size"], r["steps"]) for r in page] == [(r["size"], r["steps"]) for r in nb]
@@ -33,7 +32,7 @@ def test_the_notebook_sweep_and_the_page_job_run_the_same_attacks(digits):
 
 def test_the_beta_sweep_helper_is_the_page_sweep(digits):
     model, train, test = digits
-    s = {**S.defaults("beta", "digits"), "betas": [2.0, math.inf], "repeats": 1, "attack_size": 100, "epochs": 2,
+    s = {**defaults("beta", "digits"), "betas": [2.0, math.inf], "repeats": 1, "attack_size": 100, "epochs": 2,
          "test_size": 100}
     page = page_job("beta", s, train, test, model=model).finish()["rows"]
     nb = list(X.beta_sweep(model, train, test, betas=s["betas"], repeats=1, attack_size=100, eps=s["eps"], epochs=2))

@@ -23,7 +23,7 @@ def through_app() -> None:
     if st.session_state.get("_configured"):
         return
     try:
-        from streamlit.runtime.pages_manager import PagesManager
+        from streamlit.runtime.pages_manager import PagesManager   # deferred: a Streamlit internal, guarded
     except ImportError:                 # a future Streamlit without the v1 fallback: nothing to do
         return
     if PagesManager.uses_pages_directory:

@@ -6,7 +6,8 @@ counts a third of a pass. Estimates are rough on purpose (within a factor of abo
 telling a visitor, before Run, that 5 algorithms × 10 epochs × 50,000 CIFAR-10 images is hours of work on
 a shared server, not for billing.
 
-    est = estimate("uat", settings, "cifar10", n_train=50_000, n_test=1_000)
+    est = pages_spec.estimate("uat", settings, "cifar10", n_train=50_000, n_test=1_000)   # a page's run
+    est = for_passes(2e6, "cifar10")                                                     # any count of passes
     est.passes, est.seconds, est.allowed, est.message
 
 Caps are per dataset (``CAPS``, image passes) and can be raised or lowered for a whole server with the
@@ -19,9 +20,15 @@ from __future__ import annotations
 import functools
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from uat_core import zoo
+from uat_core.engine.attacks.bank import pattern_bank
+from uat_core.engine.attacks.strong import StrongConfig, halving_plan
 from uat_core.recipes.profiles import ALGORITHMS
 from uat_core.recipes.profiles import DATASETS as PROFILES
 
@@ -57,7 +64,6 @@ def train_passes(algo: str) -> int:
 @functools.lru_cache(maxsize=8)
 def bank_size(channels: int) -> int:
     """Patterns in the fixed-pattern bank for images with ``channels`` channels (uat_core.engine.attacks.bank)."""
-    from uat_core.engine.attacks.bank import pattern_bank
     return len(pattern_bank((channels, 32, 32), 8 / 255, random=0).names)
 
 
@@ -70,7 +76,6 @@ def baseline_passes(n: int, channels: int) -> float:
 def strong_passes(epochs: int, n: int, channels: int) -> float:
     """The strong attack with its default settings on ``n`` images (attacks/strong.py): the screen of the bank
     and 16 random starts, the refinement rounds (successive halving) and the scoring after each round."""
-    from uat_core.engine.attacks.strong import StrongConfig, halving_plan
     cfg = StrongConfig()
     plan = halving_plan(epochs, cfg.top_k + 1, cfg.rounds)
     screen = EVAL * ((bank_size(channels) + cfg.restarts) * cfg.probe + 4 * cfg.top_k * 4 * cfg.probe + 2 * n)
@@ -101,17 +106,6 @@ class Counts:
         return 3 * self.test(s) * EVAL
 
 
-def passes(page: str, s: dict, n_train: int, n_test: int, n_models: int = 1, n_deltas: int = 1,
-           n_patterns: int | None = None, channels: int = 3) -> float:
-    """Estimated image passes of one run of ``page`` with settings ``s`` (the page's spec's cost, see
-    :class:`Counts` for the rest)."""
-    from .pages_spec import spec     # deferred: pages_spec imports this module
-    cost = spec(page).cost
-    if cost is None:
-        raise KeyError(f"page {page!r} runs nothing")
-    return cost(s, Counts(n_train, n_test, n_models, n_deltas, n_patterns, channels))
-
-
 @dataclass
 class Estimate:
     passes: float            # image passes
@@ -133,9 +127,8 @@ class Estimate:
                 f"{self.dataset}. Use fewer epochs, images, settings or models.")
 
 
-def estimate(page: str, s: dict, ds: str, n_train: int, n_test: int, **kw) -> Estimate:
-    kw.setdefault("channels", CHANNELS.get(ds, 3))
-    p = passes(page, s, n_train, n_test, **kw)
+def for_passes(p: float, ds: str) -> Estimate:
+    """The estimate of ``p`` image passes on dataset ``ds``: its time on this server, and the cap."""
     return Estimate(p, p * SECONDS_PER_PASS.get(ds, SECONDS_PER_PASS["cifar10"]), cap(ds), ds)
 
 
@@ -157,11 +150,6 @@ def _duration(sec: float) -> str:
 
 def measure(repeats: int = 3) -> dict:
     """Seconds per image pass of each zoo's natural model on this machine (forward + input backward)."""
-    import time
-
-    import torch
-
-    from uat_core import zoo
     out = {}
     for ds, name, shape in (("digits", "digits_smallcnn_natural", (1, 32, 32)),
                             ("cifar10", "cifar10_resnet20_natural", (3, 32, 32))):

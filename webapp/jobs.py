@@ -6,8 +6,8 @@ call ``job.pump(0.4)`` to move it forward for about 0.4 s, draw ``job.state``, a
 ``job.stop()`` ends it after the current step; ``job.finish()`` runs it to the end (tests, the precompute
 script). The generator's return value becomes ``job.result``. With a :mod:`webapp.scheduler` attached, a job
 waits for a free slot before it computes, and with the app's scheduler (which has worker threads) it
-computes in a worker while ``pump`` only checks in. :func:`page_job` makes the job of any page, from the
-experiment its spec (:mod:`webapp.pages_spec`) names.
+computes in a worker while ``pump`` only checks in. :func:`webapp.pages_spec.page_job` makes the job of any
+page, from the experiment its spec names.
 """
 from __future__ import annotations
 
@@ -154,15 +154,3 @@ class JobInputs:
     arch: str = ""                   # the architecture the training page trains
     models: dict | None = None       # the transfer matrix: name -> model ...
     deltas: dict | None = None       # ... and name -> δ
-
-
-def page_job(page: str, s: dict, train: ImageData, test: ImageData, model=None, device=None, arch: str = "",
-             models: dict | None = None, deltas: dict | None = None,
-             on_done: Callable[[Job], None] | None = None) -> Job:
-    """The job that computes ``page``'s result for settings ``s``."""
-    from .pages_spec import spec     # deferred: pages_spec imports this module
-    experiment = spec(page).experiment
-    if experiment is None:
-        raise KeyError(f"page {page!r} runs nothing")
-    start = experiment(s, JobInputs(train, test, model, device, arch, models, deltas))
-    return Job(page, start, on_done=on_done)

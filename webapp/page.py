@@ -21,11 +21,11 @@ import streamlit as st
 
 from uat_core.engine.data import ImageData
 
-from . import budget, live, ui
+from . import live, ui
 from . import settings as S
 from .boot import through_app
-from .jobs import Job, page_job
-from .pages_spec import PageSpec, spec
+from .jobs import Job
+from .pages_spec import PageSpec, defaults, estimate, page_job, spec
 from .state import data, results
 from .state.models import Picked
 
@@ -87,9 +87,9 @@ class Page:
 
     def controls(self, make: Callable[[], Job], s: dict, label: str = "Run", disabled: bool = False,
                  help: str | None = None, **cost) -> None:
-        """Run / Stop for this page, with the estimated cost of ``s`` (``cost``: budget.passes' extra counts)."""
+        """Run / Stop for this page, with the estimated cost of ``s`` (``cost``: pages_spec.passes' extra counts)."""
         n_train = len(self.train) if self.train is not None else len(self.test)
-        est = budget.estimate(self.name, s, self.ds, n_train, len(self.test), **cost)
+        est = estimate(self.name, s, self.ds, n_train, len(self.test), **cost)
         live.controls(self.name, make, label=label, disabled=disabled, help=help, cost=est)
 
 
@@ -100,7 +100,7 @@ def open_page(name: str, intro: str, paper: str | None, settings_header: str, *,
     through_app()
     sp = spec(name)
     ds = data.dataset()
-    d = S.defaults(name, ds)
+    d = defaults(name, ds)
     p = Page(sp, ds, S.DATASET[ds], d, data.train_set(ds) if train else None, data.test_set(ds, d["test_size"]),
              st.sidebar, None)
     ui.header(sp.h1, intro, paper)

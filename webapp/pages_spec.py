@@ -3,7 +3,7 @@
 A :class:`PageSpec` holds what the rest of the app needs to know about a page: its id (the one name it goes
 by: widget keys ``<id>_eps``, cache keys, its job and latest result in the session), its file under
 ``pages/``, its title, icon and navigation section (app.py), its settings and their defaults per dataset,
-the experiment it runs (:func:`webapp.jobs.page_job`), the cost of that experiment (:func:`webapp.budget.passes`)
+the experiment it runs (:func:`page_job`), the cost of that experiment (:func:`passes`, :func:`estimate`)
 and how ``python -m webapp.precompute`` makes the result it opens with. :data:`PAGES` lists them in the
 order the navigation shows them.
 
@@ -24,9 +24,9 @@ from uat_core.recipes import experiments as X
 from uat_core.zoo import RUNS, load_zoo_model, load_zoo_perturbation
 
 from . import settings as S
-from .budget import (EVAL, IDF_PASSES_PER_IMAGE, Counts, bank_size, baseline_passes, strong_passes,
-                     train_passes)
-from .jobs import Job, JobInputs, Start, page_job
+from .budget import (CHANNELS, EVAL, IDF_PASSES_PER_IMAGE, Counts, Estimate, bank_size, baseline_passes,
+                     for_passes, strong_passes, train_passes)
+from .jobs import Job, JobInputs, Start
 
 # app.py's navigation sections, in their order
 OVERVIEW = "Overview"
@@ -102,7 +102,7 @@ def _attack_base(ds: str) -> AttackSettings:
 
 def _ship_on_natural(page: str, ctx: Shipping) -> Shipped:
     """The page's defaults against the natural zoo model (every page that attacks one model)."""
-    s = S.defaults(page, ctx.ds)
+    s = defaults(page, ctx.ds)
     job = page_job(page, s, ctx.train, ctx.test(s["test_size"]), model=ctx.model)
     return s, S.zoo_tag(ctx.entries["natural"]), job
 
@@ -377,7 +377,7 @@ def _transfer_cost(s: TransferSettings, n: Counts) -> float:
 def _ship_transfer(page: str, ctx: Shipping) -> Shipped:
     """The matrix of every zoo model that ships a δ."""
     chosen = [a for a, e in ctx.entries.items() if e.get("perturbation")]
-    s = {**S.defaults(page, ctx.ds), "models": chosen}
+    s = {**defaults(page, ctx.ds), "models": chosen}
     name = {a: S.ALGO_SHORT.get(a, a) for a in chosen}
     models = {name[a]: load_zoo_model(ctx.entries[a]["name"])[0] for a in chosen}
     deltas = {name[a]: load_zoo_perturbation(ctx.entries[a]["name"]) for a in chosen}
@@ -407,3 +407,37 @@ def spec(page: str) -> PageSpec:
         return PAGES[page]
     except KeyError:
         raise KeyError(f"unknown page {page!r}: one of {', '.join(PAGES)}") from None
+
+
+# ---- what the rest of the app asks of a page, by its id ------------------------------------------------------
+def defaults(page: str, ds: str) -> dict:
+    """The default settings of ``page`` on ``ds``."""
+    make = spec(page).defaults
+    if make is None:
+        raise KeyError(f"page {page!r} has no settings")
+    return dict(make(ds))
+
+
+def passes(page: str, s: dict, n_train: int, n_test: int, n_models: int = 1, n_deltas: int = 1,
+           n_patterns: int | None = None, channels: int = 3) -> float:
+    """Estimated image passes of one run of ``page`` with settings ``s`` (its spec's cost; :class:`Counts`)."""
+    cost = spec(page).cost
+    if cost is None:
+        raise KeyError(f"page {page!r} runs nothing")
+    return cost(s, Counts(n_train, n_test, n_models, n_deltas, n_patterns, channels))
+
+
+def estimate(page: str, s: dict, ds: str, n_train: int, n_test: int, **kw) -> Estimate:
+    """The cost of one run of ``page`` on ``ds``, its time on this server and whether the cap allows it."""
+    kw.setdefault("channels", CHANNELS.get(ds, 3))
+    return for_passes(passes(page, s, n_train, n_test, **kw), ds)
+
+
+def page_job(page: str, s: dict, train: ImageData, test: ImageData, model=None, device=None, arch: str = "",
+             models: dict | None = None, deltas: dict | None = None,
+             on_done: Callable[[Job], None] | None = None) -> Job:
+    """The job that computes ``page``'s result for settings ``s``."""
+    experiment = spec(page).experiment
+    if experiment is None:
+        raise KeyError(f"page {page!r} runs nothing")
+    return Job(page, experiment(s, JobInputs(train, test, model, device, arch, models, deltas)), on_done=on_done)

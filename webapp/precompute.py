@@ -5,7 +5,7 @@
     python -m webapp.precompute --dataset digits --pages uat     # only the training histories
 
 Each page's default settings run through the very job the page runs when a visitor presses Run (its spec's
-``ship`` in :mod:`webapp.pages_spec` calls :func:`webapp.jobs.page_job`), against the zoo models of
+``ship`` in :mod:`webapp.pages_spec` calls :func:`webapp.pages_spec.page_job`), against the zoo models of
 ``assets/models``; the result is stored under the same key the page looks up, which names the zoo model by
 its sha256, so a rebuilt zoo model never shows a stale result. The file holds only tensors, numbers,
 strings and lists and is read with ``torch.load(..., weights_only=True)``.

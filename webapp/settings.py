@@ -76,15 +76,6 @@ def paper_order(entries: dict[str, dict]) -> dict[str, dict]:
                                                                  if a not in ALGO_ORDER}
 
 
-def defaults(page: str, ds: str) -> dict:
-    """The default settings of ``page`` (an id of :data:`webapp.pages_spec.PAGES`) on ``ds``."""
-    from .pages_spec import spec     # deferred: pages_spec imports this module
-    make = spec(page).defaults
-    if make is None:
-        raise KeyError(f"page {page!r} has no settings")
-    return dict(make(ds))
-
-
 def _plain(v):
     if isinstance(v, float) and math.isinf(v):
         return "inf"

@@ -123,6 +123,18 @@ def test_summary_words_follow_the_figures():
     assert study.summary([worse], None) == ""                                   # no base row: nothing to say
 
 
+def test_summary_weighs_a_two_factor_row_against_the_row_it_extends():
+    base, ls01 = dict(fake("base", 0.42), epochs=10), fake("ls01", 0.39)
+    e30, ls01_e30 = dict(fake("e30", 0.51), epochs=30), fake("ls01_e30", 0.45)
+    text = study.summary([base, ls01, e30, ls01_e30], None)
+    assert "`ls01_e30` adds label smoothing to the `e30` recipe: it keeps 45.0% against 51.0% (-6.0 points)" in text
+    assert "moved the 10-epoch base by -3.0 points (`ls01`)" in text
+    # a two-factor row is not one of the single changes, even when it is the most vulnerable of them all
+    worst = dict(ls01_e30, strong_top1=0.10)
+    assert "`ls01` (label smoothing: 0.1) made it most vulnerable" in study.summary([base, ls01, e30, worst], None)
+    assert "`ls01_e30` adds" not in study.summary([base, ls01, ls01_e30], None)    # without e30: nothing to weigh
+
+
 def test_the_report_renders_the_study_section_without_attacking(tmp_path, monkeypatch):
     from uat_core.zoo import report
     src = ROOT / "docs" / "results.json"

@@ -73,6 +73,11 @@ ROWS: dict[str, tuple[str, str, str, dict]] = {
 }
 
 
+# rows that change two factors of the base: row -> (the row it extends by one factor, the row that makes the same
+# change to the base), so the summary can say how the change fares on a longer recipe
+EXTENDS: dict[str, tuple[str, str]] = {"ls01_e30": ("e30", "ls01")}
+
+
 def command(row: str) -> str:
     """The exact training command of ``row`` (what a user types)."""
     return ("python -m uat_core train --dataset cifar10 --eps 8 --seed 0 --no-report "
@@ -279,9 +284,22 @@ def summary(results: list[dict], reference: dict | None = None) -> str:
                      f"({d:+.1f} points): training longer alone made the same network {verdict}. At this scale, a "
                      "classifier closer to convergence is *less* vulnerable, the opposite of what the paper's picture "
                      "might suggest; capacity is the factor left untested.")
-    if others:
-        worst = min(others, key=lambda r: r["strong_top1"])
-        best = max(others, key=lambda r: r["strong_top1"])
+    by_row = {r["row"]: r for r in results}
+    for row, (parent, same) in EXTENDS.items():
+        if row in by_row and parent in by_row:
+            r, p, single = by_row[row], by_row[parent], by_row.get(same)
+            change = r["factor"].split(" + ")[0]
+            d = 100 * (r["strong_top1"] - p["strong_top1"])
+            parts.append(f"`{row}` adds {change} to the `{parent}` recipe: it keeps {pct(r['strong_top1'])} against "
+                         f"{pct(p['strong_top1'])} ({d:+.1f} points) at {pct(r['clean_top1'])} clean"
+                         + (f", where the same change moved the {base['epochs']}-epoch base by "
+                            f"{100 * (single['strong_top1'] - base['strong_top1']):+.1f} points (`{same}`)"
+                            if single is not None else "")
+                         + f"; the length of training moves the figure far more than {change} does.")
+    singles = [r for r in others if r["row"] not in EXTENDS]
+    if singles:
+        worst = min(singles, key=lambda r: r["strong_top1"])
+        best = max(singles, key=lambda r: r["strong_top1"])
         d_worst = 100 * (worst["strong_top1"] - base["strong_top1"])
         d_best = 100 * (best["strong_top1"] - base["strong_top1"])
         if d_worst < -1:

@@ -110,14 +110,16 @@ def test_targets_are_judged_from_the_figures():
         "ordering under attack at ε = 8: natural < FGSM < low-cost ≤ uFGSM"] is None
 
 
-def test_heldout_protocol_is_added_to_the_report_and_matches_the_pipeline(digits_report, tmp_path):
+def test_heldout_protocol_is_added_to_the_report_and_matches_the_pipeline(digits_report, tmp_path, monkeypatch):
     """`zoo heldout`: δ built on one half of the test split, scored on the other; the figures added to the report
-    are those of pipeline.heldout_report, and the rest of the report is kept."""
+    are those of pipeline.heldout_report, and the rest of the report is kept; the manifest gets the same figures."""
     from uat_core.recipes import protocol
     from uat_core.engine.evaluation import evaluate
     from uat_core.recipes.pipeline import heldout_report
     src, data = digits_report
     (tmp_path / "results.json").write_text((src / "results.json").read_text())
+    written = []
+    monkeypatch.setattr(report, "write_manifest", written.append)          # the shipped manifest stays as it is
     out = report.add_heldout("digits", None, tmp_path / "results.md", only=["natural"])
     nat = next(r for r in out["rows"] if r["algorithm"] == "natural")
     others = [r for r in out["rows"] if r["algorithm"] != "natural"]
@@ -143,3 +145,13 @@ def test_heldout_protocol_is_added_to_the_report_and_matches_the_pipeline(digits
     assert f"**{100 * nat['heldout_robust_top1@32']:.1f}**" in md
     with pytest.raises(UATError, match="no digits model 'pgdx'"):
         report.add_heldout("digits", None, tmp_path / "results.md", only=["pgdx"])
+    # the manifest entry of the same model (name and sha256) carries the report's held-out figures, no other entry
+    man, = written
+    rec = man["models"]["digits_smallcnn_natural"]["heldout"]
+    assert rec["eps"] == 32 and rec["heldout_robust_top1"] == nat["heldout_robust_top1@32"]
+    assert rec["train_strong_on_heldout_top1"] == nat["train_strong_on_heldout_top1@32"]
+    before = zoo.read_manifest()["models"]
+    assert {k: e for k, e in man["models"].items() if k != "digits_smallcnn_natural"} == \
+        {k: e for k, e in before.items() if k != "digits_smallcnn_natural"}          # no other entry touched
+    stale = dict(out, rows=[dict(nat, **{"heldout_sha256@32": "0" * 64})])         # a model rebuilt since
+    assert report.record_heldout(stale) == 0 and len(written) == 1

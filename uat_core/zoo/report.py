@@ -24,7 +24,7 @@ from ..engine.errors import UATError
 from ..engine.evaluation import predict
 from ..engine.fileio import atomic_bytes, write_json
 from .cache import cache_path, cached_attack
-from .store import list_models, load_zoo_model, load_zoo_perturbation, trained_on
+from .store import list_models, load_zoo_model, load_zoo_perturbation, read_manifest, trained_on, write_manifest
 
 # The paper's Table 1 (CIFAR-10, WRN 32-10, ε = 8; accuracy under a universal perturbation made by its
 # SGD attack). Only the rows the paper's abstract and text state are reproduced here.
@@ -150,12 +150,36 @@ def add_heldout(dataset: str, data_root: str | None, out: Path, only: list[str] 
         h = heldout_report(model, test, eps, data["attack_size"], load_zoo_perturbation(e["name"]),
                            data.get("attack_epochs", protocol.EPOCHS), device=dev)
         h.pop("delta")
-        r.update({f"{k}@{eps}": v for k, v in h.items()})
+        r.update({f"{k}@{eps}": v for k, v in h.items()}, **{f"heldout_sha256@{eps}": e["sha256"]})
     data["heldout_command"] = f"python -m uat_core.zoo heldout --dataset {dataset}" + \
         (f" --only {','.join(only)}" if only else "")
     write_json(src, data)
     atomic_bytes(out, render(data, _study_rows(dataset)).encode())
+    record_heldout(data)
     return data
+
+
+HELDOUT_KEYS = ("heldout_clean_top1", "train_strong_on_heldout_top1", "heldout_strong_top1", "heldout_fixed_top1",
+                "heldout_fixed_pattern", "heldout_robust_top1", "heldout_attack_size", "heldout_score_size")
+
+
+def record_heldout(data: dict) -> int:
+    """Copy a report's held-out figures (at its first ε) into the manifest entries of the same models, matched by
+    name (and sha256, where the report recorded it: a model rebuilt since keeps none), so the app and the notebooks
+    show the figures the report shows. Returns how many entries were written."""
+    eps = data["eps"][0]
+    man = read_manifest()
+    n = 0
+    for r in data["rows"]:
+        e = man["models"].get(r["name"])
+        if e is None or r.get(f"heldout_robust_top1@{eps}") is None \
+                or r.get(f"heldout_sha256@{eps}", e["sha256"]) != e["sha256"]:
+            continue
+        e["heldout"] = {"eps": eps, **{k: r[f"{k}@{eps}"] for k in HELDOUT_KEYS if f"{k}@{eps}" in r}}
+        n += 1
+    if n:
+        write_manifest(man)
+    return n
 
 
 def _study_rows(dataset: str) -> list[dict] | None:

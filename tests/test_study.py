@@ -92,6 +92,25 @@ def test_study_models_stay_out_of_the_zoo_listing(monkeypatch):
     assert len(zoo.list_models(group=None)) == 2
 
 
+def test_the_natural_twin_is_the_shipped_study_model_nearest_in_clean_accuracy(monkeypatch, tmp_path):
+    def entry(clean, attacked, group="study", file=True):
+        name = f"m{clean}_{attacked}"
+        if file:
+            (tmp_path / f"{name}.pt").write_bytes(b"")
+        return name, {"dataset": "cifar10", "algorithm": "natural", "group": group, "file": f"{name}.pt",
+                      "clean_top1": clean, "perturbed_top1": attacked}
+    models = dict([entry(0.876, 0.566, "zoo"), entry(0.826, 0.391), entry(0.866, 0.497), entry(0.870, None),
+                   entry(0.877, 0.30, file=False)])
+    monkeypatch.setattr(zoo.store, "read_manifest", lambda: {"models": models})
+    monkeypatch.setattr(zoo.store, "ZOO_DIR", tmp_path)
+    a, b = zoo.natural_twin("cifar10")
+    # nearest clean accuracy among the study models with a file and a δ (not the most vulnerable, 39.1%)
+    assert a["name"] == "m0.876_0.566" and b["name"] == "m0.866_0.497"
+    models.update([entry(0.886, 0.45)])                 # as near as the other: the more vulnerable one wins
+    assert zoo.natural_twin("cifar10")[1]["name"] == "m0.886_0.45"
+    assert zoo.natural_twin("digits") is None
+
+
 def test_markdown_states_each_factors_effect_from_the_figures_and_lists_the_gpu_commands():
     rows = [dict(fake("base", 0.55), date="2026-12-05", machine="x86_64 CPU", measure_seconds=300.0,
                  command=study.command("base")),

@@ -19,10 +19,10 @@ reports), ``report`` (docs/results.md), ``builder`` (training and shipping), ``c
 from __future__ import annotations
 
 from .store import (GROUPS, MANIFEST, ROOT, SLICE, ZOO_DIR, list_models, load_zoo_model, load_zoo_perturbation,
-                    read_manifest, sha256, slice_metrics, trained_on, write_manifest, zoo_name)
+                    natural_twin, read_manifest, sha256, slice_metrics, trained_on, write_manifest, zoo_name)
 from .builder import RECIPES, RUNS, add_study_model, build, reattack, recipe, refresh, ship_perturbation
 from .commands import main
 
 __all__ = ["GROUPS", "MANIFEST", "ROOT", "SLICE", "ZOO_DIR", "list_models", "load_zoo_model", "load_zoo_perturbation",
-           "read_manifest", "sha256", "slice_metrics", "trained_on", "write_manifest", "zoo_name", "RECIPES", "RUNS",
-           "add_study_model", "build", "reattack", "recipe", "refresh", "ship_perturbation", "main"]
+           "natural_twin", "read_manifest", "sha256", "slice_metrics", "trained_on", "write_manifest", "zoo_name",
+           "RECIPES", "RUNS", "add_study_model", "build", "reattack", "recipe", "refresh", "ship_perturbation", "main"]

@@ -60,6 +60,18 @@ def list_models(dataset: str | None = None, group: str | None = "zoo") -> list[d
             and (group is None or v.get("group", "zoo") == group)]
 
 
+def natural_twin(dataset: str = "cifar10") -> tuple[dict, dict] | None:
+    """(the zoo's natural model, the shipped study model whose clean accuracy is nearest to it): two natural
+    classifiers of about the same clean accuracy, to set side by side under the same attack (ties go to the
+    more vulnerable one). Only models with a shipped perturbation count; None when there is no such pair."""
+    nat = next((e for e in list_models(dataset) if e["algorithm"] == "natural"), None)
+    study = [e for e in list_models(dataset, group="study") if e.get("perturbed_top1") is not None
+             and (ZOO_DIR / e["file"]).is_file()]
+    if nat is None or not study:
+        return None
+    return nat, min(study, key=lambda e: (round(abs(e["clean_top1"] - nat["clean_top1"]), 3), e["perturbed_top1"]))
+
+
 def load_zoo_model(name: str, device="cpu"):
     """(model, meta) of a shipped model, after checking its sha256 against the manifest."""
     man = read_manifest()["models"]

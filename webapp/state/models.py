@@ -9,7 +9,7 @@ import torch
 
 from uat_core.engine.errors import UATError
 from uat_core.engine.models import freeze
-from uat_core.zoo import ZOO_DIR, list_models, load_zoo_model, load_zoo_perturbation
+from uat_core.zoo import ZOO_DIR, list_models, load_zoo_model, load_zoo_perturbation, natural_twin
 
 from .. import settings as S
 from .data import device
@@ -56,14 +56,9 @@ def zoo_delta(ds: str, algo: str) -> torch.Tensor | None:
 
 
 def study_pair(ds: str) -> tuple[dict, dict] | None:
-    """(the zoo's natural model, the vulnerability study's most vulnerable natural model) of ``ds``: manifest
-    entries with a shipped δ, or None where the study has shipped no model for ``ds``."""
-    nat = zoo(ds).get("natural")
-    study = [e for e in list_models(ds, group="study") if (ZOO_DIR / e["file"]).is_file()
-             and e.get("perturbed_top1") is not None]
-    if nat is None or not study:
-        return None
-    return nat, min(study, key=lambda e: e["perturbed_top1"])
+    """(the zoo's natural model, the shipped study model nearest to it in clean accuracy) of ``ds``
+    (``zoo.natural_twin``), or None where the study has shipped no model for ``ds``."""
+    return natural_twin(ds)
 
 
 def entry_model(e: dict) -> tuple[torch.nn.Module, torch.Tensor | None]:

@@ -323,13 +323,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def report(args, folder, mem, thr, tr, load0, md: bool) -> str:
+def report(args, folder, runs, mem, thr, tr, load0, md: bool) -> str:
     decoded_gb = args.images * 3 * args.image_size ** 2 / 2 ** 30
     lines = ["## Streamed folders and torchrun attacks" if md else "Streamed folders and torchrun attacks", "",
              f"Command: `python bench/bench_stream.py {' '.join(sys.argv[1:])}`  ",
              f"Run {_dt.date.today().isoformat()} on {machine()}, torch {torch.__version__}; load average "
              f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.  ",
-             f"Folder: {args.images} JPEGs of {args.side}² in {args.classes} classes ({folder}), "
+             f"Folder: {args.images} JPEGs of {args.side}² in {args.classes} classes (`FOLDER` below), "
              f"{decoded_gb:.1f} GB decoded at {args.image_size}²; model {args.model} (random weights).", ""]
     if mem:
         lines += ["| command | peak PSS (all processes) | peak RSS sum | main process peak RSS | processes | streamed "
@@ -358,7 +358,8 @@ def report(args, folder, mem, thr, tr, load0, md: bool) -> str:
         lines += ["", f"δ of 2 processes against 1: {100 * tr['share_over_1']:.3f}% of the entries differ by more "
                   f"than 1/255 (largest difference {tr['max_diff']:.3g}/255).", ""]
         lines += [f"* `{tr[n]['argv']}`" for n in (1, 2)]
-    return "\n".join(lines)
+    # the folders are this machine's temporary paths: the record names them FOLDER and RUNS
+    return "\n".join(lines).replace(str(folder), "FOLDER").replace(str(runs), "RUNS")
 
 
 def main(argv=None) -> int:
@@ -372,7 +373,7 @@ def main(argv=None) -> int:
         mem = part_memory(args, folder, ckpt, runs) if "memory" not in skip else None
         thr = part_throughput(args, folder) if "throughput" not in skip else None
         tr = part_torchrun(args, folder, ckpt, runs) if "torchrun" not in skip else None
-        print(report(args, folder, mem, thr, tr, load0, args.markdown))
+        print(report(args, folder, runs, mem, thr, tr, load0, args.markdown))
     finally:
         if args.keep:
             print(f"outputs kept in {runs}", file=sys.stderr)

@@ -205,11 +205,12 @@ st.markdown("**Table 1**")
 st.dataframe(_table(rows), hide_index=True, column_config=ONE_DECIMAL)
 held = [e["heldout"] for e in models.zoo(ds).values() if e.get("heldout")] if res.get("source") == "zoo" else []
 if held:
+    h0 = held[0]
     st.caption(f"*{HELDOUT}*: the test split cut in two stratified halves; the strong attack and the best fixed "
-               f"pattern built and picked on {held[0].get('heldout_attack_size', 0):,} images of one half, scored on the "
-               f"{held[0].get('heldout_score_size', 0):,} images of the other, beside the δ built on training images: the "
-               "lowest of the three. A model trained against "
-               "patterns on the training images cannot flatter it (docs/results.md, held-out protocol).")
+               f"pattern built and picked on {h0.get('heldout_attack_size', 0):,} images of one half, scored on the "
+               f"{h0.get('heldout_score_size', 0):,} images of the other, beside the δ built on training images: "
+               "the lowest of the three. A model trained against patterns on the training images cannot flatter it "
+               "(docs/results.md, held-out protocol).")
 if "natural" in by and "lowcost" in by and by["lowcost"].get("forward"):
     st.caption("Low-cost UAT uses as many forward/backward passes as natural training; uFGSM twice as many.")
 

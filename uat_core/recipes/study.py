@@ -187,8 +187,8 @@ def effects(results: list[dict]) -> list[str]:
     for r in sorted((r for r in results if r["row"] != "base"), key=lambda r: r["strong_top1"]):
         ds = 100 * (r["strong_top1"] - base["strong_top1"])
         dc = 100 * (r["clean_top1"] - base["clean_top1"])
-        verb = "more vulnerable" if ds < -1 else ("less vulnerable" if ds > 1 else "about as vulnerable")
-        out.append(f"`{r['row']}` ({r['factor']}: {r['change']}): {verb} than the base, {ds:+.1f} points under the "
+        verb = "more vulnerable than" if ds < -1 else ("less vulnerable than" if ds > 1 else "about as vulnerable as")
+        out.append(f"`{r['row']}` ({r['factor']}: {r['change']}): {verb} the base, {ds:+.1f} points under the "
                    f"strong attack ({100 * r['strong_top1']:.1f}%) at {dc:+.1f} points of clean accuracy "
                    f"({100 * r['clean_top1']:.1f}%); the best fixed pattern {100 * r['fixed_top1']:.1f}%.")
     return out

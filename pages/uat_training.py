@@ -109,16 +109,17 @@ def draw(job):
 
 
 def _table(rows):
+    held = any(x.get("heldout_top1") is not None for x in rows)       # the zoo's, once `zoo heldout` has run
     return pd.DataFrame([{"model": S.ALGO_LABEL.get(r["algorithm"], r["algorithm"]),
                           "clean top-1 (%)": round(100 * r["clean_top1"], 1),
                           "under the strong universal attack (%)": round(100 * r["robust_top1"], 1),
                           "best fixed pattern (%)": None if r.get("fixed_top1") is None
                           else round(100 * r["fixed_top1"], 1),
+                          **({HELDOUT: None if r.get("heldout_top1") is None else round(100 * r["heldout_top1"], 1)}
+                             if held else {}),
                           "training (s)": None if r.get("train_seconds") is None else round(r["train_seconds"], 1),
                           "trained on": r.get("device") or "this machine",
-                          "forward/backward passes": f"{r['forward']}/{r['backward']}" if r.get("forward") else "",
-                          **({HELDOUT: None if r.get("heldout_top1") is None else round(100 * r["heldout_top1"], 1)}
-                             if any(x.get("heldout_top1") is not None for x in rows) else {})}
+                          "forward/backward passes": f"{r['forward']}/{r['backward']}" if r.get("forward") else ""}
                          for r in rows])
 
 

@@ -12,7 +12,9 @@ classes, and ``val`` as a link to ``train``. At the defaults its decoded copy at
 Then, on this machine, in one run:
 
 1. **Peak memory** of ``uat eval`` (a δ over the whole val split) and of a one-epoch ``uat train`` (natural,
-   then the clean evaluation of the val split) over the folder, each a subprocess with ``--stream auto``:
+   then the clean evaluation of the val split) over the folder, beside a bare PyTorch training loop of the same
+   model and minibatch on random tensors (no data: what training itself holds), each a subprocess (the
+   commands with ``--stream auto``):
    the proportional set size (PSS: shared pages split between the processes that share them) of the
    command and its decoding processes together, sampled every 0.2 s, its peak; beside it the same sum of
    resident sizes (RSS, which counts the pages the forked workers share with their parent once per
@@ -233,7 +235,32 @@ def part_memory(args, folder: Path, ckpt: Path, runs: Path) -> list[dict]:
         rows.append({"command": name, **r, "streamed": streamed, "argv": "uat " + " ".join(argv)})
         print(f"{name}: peak PSS {r['pss_gb']:.2f} GB (RSS sum {r['rss_gb']:.2f} GB, main {r['main_gb']:.2f} GB, "
               f"{r['procs']} processes), {r['seconds']:.0f} s, streamed {streamed}", file=sys.stderr)
+    # the baseline in the same table: the same model and minibatch trained on random tensors, no data at all
+    argv = [str(args.model), str(S), str(args.train_batch), str(args.classes), str(BARE_STEPS)]
+    r = run_measured([sys.executable, "-c", BARE_LOOP, *argv], dict(os.environ))
+    rows.append({"command": BARE, **r, "streamed": "no data", "argv": "python -c BARE_LOOP " + " ".join(argv)})
+    print(f"{BARE}: peak PSS {r['pss_gb']:.2f} GB (main {r['main_gb']:.2f} GB)", file=sys.stderr)
     return rows
+
+
+BARE = "bare training loop"
+BARE_STEPS = 20
+# a plain PyTorch training loop of the same model at the same image size and minibatch, on random tensors: what
+# the training itself holds, whatever the data path (argv: model, image size, minibatch, classes, steps)
+BARE_LOOP = """
+import sys, torch
+from uat_core.engine.models import build_model
+name, (S, B, K, steps) = sys.argv[1], map(int, sys.argv[2:6])
+torch.manual_seed(0)
+model = build_model(name, K, 3, (0.5,) * 3, (0.25,) * 3)
+opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+for _ in range(steps):
+    x, y = torch.rand(B, 3, S, S), torch.randint(0, K, (B,))
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+"""
 
 
 def part_throughput(args, folder: Path) -> dict:
@@ -335,9 +362,10 @@ def report(args, folder, runs, mem, thr, tr, load0, md: bool) -> str:
         lines += ["| command | peak PSS (all processes) | peak RSS sum | main process peak RSS | processes | streamed "
                   "| wall | target |", "|---|---|---|---|---|---|---|---|"]
         for r in mem:
-            ok = "✓" if r["pss_gb"] < MEMORY_TARGET_GB else "✗"
+            target = "— (the baseline)" if r["command"] == BARE else \
+                f"< {MEMORY_TARGET_GB:g} GB " + ("✓" if r["pss_gb"] < MEMORY_TARGET_GB else "✗")
             lines.append(f"| `{r['command']}` | {r['pss_gb']:.2f} GB | {r['rss_gb']:.2f} GB | {r['main_gb']:.2f} GB | "
-                         f"{r['procs']} | {r['streamed']} | {r['seconds']:.0f} s | < {MEMORY_TARGET_GB:g} GB {ok} |")
+                         f"{r['procs']} | {r['streamed']} | {r['seconds']:.0f} s | {target} |")
         lines += [""] + [f"* `{r['argv']}`" for r in mem] + [""]
     if thr:
         ok = "✓" if thr["ratio"] >= THROUGHPUT_TARGET else "✗"

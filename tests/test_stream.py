@@ -105,6 +105,22 @@ def test_streamed_images_are_the_in_memory_images(tree):
     assert torch.equal(sub.images, mem_sub.images) and torch.equal(sub.labels, mem_sub.labels)
 
 
+def test_the_heap_is_trimmed_before_decoding_processes_fork_and_only_then(tree, monkeypatch):
+    """Forked decoders keep a private copy of every free heap page the parent later reuses (docs/benchmarks.md:
+    about 0.9 GB of a one-epoch training run at 224²): the stream gives free pages back before it forks."""
+    from uat_core.engine import stream
+    calls = []
+    monkeypatch.setattr(stream, "_trim_heap", lambda: calls.append(1))
+    s = open_split(f"imagefolder:{tree}", "train", SIZE, mode="on", workers=2)
+    plan = s.plan(4)
+    assert len(plan) > 1
+    n = sum(len(y) for _, y in s.iterate(plan))
+    assert n == len(s) and calls == [1]                          # once, before the decoding processes start
+    s0 = open_split(f"imagefolder:{tree}", "train", SIZE, mode="on", workers=0)
+    assert sum(len(y) for _, y in s0.iterate(plan)) == n and calls == [1]     # no processes: nothing to trim
+    stream._trim_heap()                                          # the real one runs here without error
+
+
 def test_training_view_is_seeded_random_resized_crop_and_flip():
     img = torch.arange(3 * 50 * 70, dtype=torch.int64).remainder(251).to(torch.uint8).view(3, 50, 70)
     a = train_view(img, 24, torch.Generator().manual_seed(7))

@@ -203,6 +203,11 @@ def rerender(out: Path) -> dict:
     return data
 
 
+def check(name: str, value, ok: bool | None) -> dict:
+    """One target of the report: its wording, what was measured and whether it is met (None: not judged)."""
+    return {"target": name, "measured": value, "met": ok}
+
+
 def targets(d: dict) -> list[dict]:
     """The report's targets (robustness, ordering, the strong attack, the pool models), each with what the
     report measured and whether it is met (None: model missing)."""
@@ -212,9 +217,6 @@ def targets(d: dict) -> list[dict]:
     def get(algo, key):
         r = rows.get(algo)
         return None if r is None else r.get(key)
-
-    def check(name, value, ok):
-        return {"target": name, "measured": value, "met": ok}
 
     out = []
     nc = get("natural", "clean_top1")
@@ -289,9 +291,6 @@ def largest_loss(r: dict | None, eps) -> float | None:
 def _targets_of_issue_22(rows: dict[str, dict], e0) -> list[dict]:
     """The paper's picture (issue 22): natural ≥ 90% clean and ≤ 25% attacked; the universal defences ≥ 88% clean;
     the pool models lose at most 8 points to every attack, the held-out protocol included; judged on ``lowest``."""
-    def check(name, value, ok):
-        return {"target": name, "measured": value, "met": ok}
-
     def clean(algo):
         return rows.get(algo, {}).get("clean_top1")
     out = []

@@ -12,9 +12,9 @@ classes, and ``val`` as a link to ``train``. At the defaults its decoded copy at
 Then, on this machine, in one run:
 
 1. **Peak memory** of ``uat eval`` (a δ over the whole val split) and of a one-epoch ``uat train`` (natural,
-   then the clean evaluation of the val split) over the folder, beside a bare PyTorch training loop of the same
-   model and minibatch on random tensors (no data: what training itself holds), each a subprocess (the
-   commands with ``--stream auto``):
+   then the clean evaluation of the val split) at each minibatch of ``--train-batch`` over the folder, each
+   beside a bare PyTorch training loop of the same model and minibatch on random tensors (no data: what
+   training itself holds at that minibatch), each a subprocess (the commands with ``--stream auto``):
    the proportional set size (PSS: shared pages split between the processes that share them) of the
    command and its decoding processes together, sampled every 0.2 s, its peak; beside it the same sum of
    resident sizes (RSS, which counts the pages the forked workers share with their parent once per
@@ -78,7 +78,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=2, help="throughput runs of each loop (interleaved)")
     ap.add_argument("--throughput-images", type=int, default=None,
                     help="images of the throughput runs (default: the whole folder)")
-    ap.add_argument("--train-batch", type=int, default=64, help="minibatch of the one-epoch training run")
+    ap.add_argument("--train-batch", default="32,64",
+                    help="minibatches of the one-epoch training runs, comma-separated: one run (and one bare "
+                         "training loop beside it) for each")
     ap.add_argument("--attack-size", type=int, default=512, help="training images of the torchrun attack")
     ap.add_argument("--attack-epochs", type=int, default=2, help="epochs of the torchrun attack")
     ap.add_argument("--attack-batch", type=int, default=32,
@@ -223,24 +225,40 @@ def part_memory(args, folder: Path, ckpt: Path, runs: Path) -> list[dict]:
     workers = [] if args.workers is None else ["--workers", str(args.workers)]
     data = ["--dataset", f"imagefolder:{folder}", "--image-size", str(S), "--stream", args.stream, *workers, "--quiet",
             "--device", "cpu"]
-    cmds = {"eval": ["eval", *data, "--checkpoint", str(ckpt), "--perturbation", str(delta),
-                     "--out", str(runs / "eval"), "--force"],
-            "train (1 epoch)": ["train", *data, "--model", args.model, "--epochs", "1", "--batch-size",
-                                str(args.train_batch), "--no-report", "--out", str(runs / "train"), "--force"]}
-    rows = []
-    for name, argv in cmds.items():
-        r = run_measured([sys.executable, "-m", "uat_core", *argv], dict(os.environ))
-        m = json.loads((runs / name.split()[0] / "metrics.json").read_text())
-        streamed = m["streamed"] if name == "eval" else m.get("streamed", {}).get("train", False)
-        rows.append({"command": name, **r, "streamed": streamed, "argv": "uat " + " ".join(argv)})
-        print(f"{name}: peak PSS {r['pss_gb']:.2f} GB (RSS sum {r['rss_gb']:.2f} GB, main {r['main_gb']:.2f} GB, "
-              f"{r['procs']} processes), {r['seconds']:.0f} s, streamed {streamed}", file=sys.stderr)
-    # the baseline in the same table: the same model and minibatch trained on random tensors, no data at all
-    argv = [str(args.model), str(S), str(args.train_batch), str(args.classes), str(BARE_STEPS)]
-    r = run_measured([sys.executable, "-c", BARE_LOOP, *argv], dict(os.environ))
-    rows.append({"command": BARE, **r, "streamed": "no data", "argv": "python -c BARE_LOOP " + " ".join(argv)})
-    print(f"{BARE}: peak PSS {r['pss_gb']:.2f} GB (main {r['main_gb']:.2f} GB)", file=sys.stderr)
+    rows = [_measure_command("eval", ["eval", *data, "--checkpoint", str(ckpt), "--perturbation", str(delta),
+                                      "--out", str(runs / "eval"), "--force"], runs / "eval")]
+    for b in _batches(args.train_batch):
+        out = runs / f"train{b}"
+        rows.append(_measure_command(f"train (1 epoch, minibatch {b})", [
+            "train", *data, "--model", args.model, "--epochs", "1", "--batch-size", str(b), "--no-report",
+            "--out", str(out), "--force"], out))
+        # the baseline in the same table: the same model and minibatch trained on random tensors, no data at all
+        argv = [str(args.model), str(S), str(b), str(args.classes), str(BARE_STEPS)]
+        r = run_measured([sys.executable, "-c", BARE_LOOP, *argv], dict(os.environ))
+        rows.append({"command": f"{BARE} (minibatch {b})", "bare": True, **r, "streamed": "no data",
+                     "argv": "python -c BARE_LOOP " + " ".join(argv)})
+        print(f"{BARE}, minibatch {b}: peak PSS {r['pss_gb']:.2f} GB (main {r['main_gb']:.2f} GB)", file=sys.stderr)
     return rows
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        out = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise SystemExit(f"--train-batch: minibatch sizes separated by commas, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise SystemExit(f"--train-batch: positive minibatch sizes, got {text!r}")
+    return out
+
+
+def _measure_command(name: str, argv: list[str], out: Path) -> dict:
+    """One ``uat`` command, measured (run_measured), with whether it streamed (from its metrics.json)."""
+    r = run_measured([sys.executable, "-m", "uat_core", *argv], dict(os.environ))
+    m = json.loads((out / "metrics.json").read_text())
+    streamed = m["streamed"] if argv[0] == "eval" else m.get("streamed", {}).get("train", False)
+    print(f"{name}: peak PSS {r['pss_gb']:.2f} GB (RSS sum {r['rss_gb']:.2f} GB, main {r['main_gb']:.2f} GB, "
+          f"{r['procs']} processes), {r['seconds']:.0f} s, streamed {streamed}", file=sys.stderr)
+    return {"command": name, **r, "streamed": streamed, "argv": "uat " + " ".join(argv)}
 
 
 BARE = "bare training loop"
@@ -362,7 +380,7 @@ def report(args, folder, runs, mem, thr, tr, load0, md: bool) -> str:
         lines += ["| command | peak PSS (all processes) | peak RSS sum | main process peak RSS | processes | streamed "
                   "| wall | target |", "|---|---|---|---|---|---|---|---|"]
         for r in mem:
-            target = "— (the baseline)" if r["command"] == BARE else \
+            target = "— (the baseline)" if r.get("bare") else \
                 f"< {MEMORY_TARGET_GB:g} GB " + ("✓" if r["pss_gb"] < MEMORY_TARGET_GB else "✗")
             lines.append(f"| `{r['command']}` | {r['pss_gb']:.2f} GB | {r['rss_gb']:.2f} GB | {r['main_gb']:.2f} GB | "
                          f"{r['procs']} | {r['streamed']} | {r['seconds']:.0f} s | {target} |")

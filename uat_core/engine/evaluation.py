@@ -13,7 +13,7 @@ import torch
 
 from .constraints import apply
 from .errors import UATError
-from .stream import is_stream
+from .stream import EVAL_BATCH, is_stream
 
 
 @torch.inference_mode()
@@ -75,7 +75,7 @@ def _figures(labels: torch.Tensor, top_c: torch.Tensor, top_p: torch.Tensor | No
 
 
 @torch.inference_mode()
-def _stream_predictions(model, data, deltas: list, batch_size: int = 256, device=None
+def _stream_predictions(model, data, deltas: list, batch_size: int = EVAL_BATCH, device=None
                         ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] | None:
     """(labels (N,), clean top-k (N,k), [top-k with each δ (N,k)]) of the images of a stream that decode;
     None when none does."""
@@ -104,7 +104,7 @@ def _stream_predictions(model, data, deltas: list, batch_size: int = 256, device
     return torch.cat(labels), torch.cat(top_c), [torch.cat(p) for p in top_p]
 
 
-def evaluate_stream(model, data, delta=None, num_classes: int | None = None, batch_size: int = 256,
+def evaluate_stream(model, data, delta=None, num_classes: int | None = None, batch_size: int = EVAL_BATCH,
                     device=None, target: int | None = None):
     """:func:`evaluate` over a ``stream.FolderStream`` (the evaluation view), one minibatch decoded at a time.
 
@@ -123,14 +123,17 @@ def evaluate_stream(model, data, delta=None, num_classes: int | None = None, bat
 
 
 def evaluate_data(model, data, delta=None, num_classes: int | None = None, device=None,
-                  target: int | None = None, group=None):
+                  target: int | None = None, group=None, stream_batch: int = EVAL_BATCH):
     """:func:`evaluate` of an ``ImageData`` or :func:`evaluate_stream` of a ``FolderStream``; ``delta`` may be
     a list of δs (a list of dicts back). ``group`` (a :class:`uat_core.engine.distributed.Group`, under torchrun):
-    every rank calls this with the same data and scores only its shard (see :func:`evaluate_sharded`)."""
+    every rank calls this with the same data and scores only its shard (see :func:`evaluate_sharded`).
+    ``stream_batch``: the images a stream decodes and classifies at a time (per process), which sets the
+    evaluation's peak memory at large image sizes (a training run passes its own minibatch)."""
     if group is not None and group.world > 1:
-        return evaluate_sharded(model, data, group, delta, num_classes, device=device, target=target)
+        return evaluate_sharded(model, data, group, delta, num_classes, device=device, target=target,
+                                stream_batch=stream_batch)
     if is_stream(data):
-        return evaluate_stream(model, data, delta, num_classes, device=device, target=target)
+        return evaluate_stream(model, data, delta, num_classes, stream_batch, device=device, target=target)
     if isinstance(delta, (list, tuple)):
         return [evaluate(model, data.images, data.labels, d, num_classes, device=device, target=target)
                 for d in delta]
@@ -189,7 +192,7 @@ def _from_counts(c: torch.Tensor, n_deltas: int, K: int, target: int | None) -> 
 
 
 def evaluate_sharded(model, data, group, delta=None, num_classes: int | None = None, batch_size: int = 500,
-                     device=None, target: int | None = None):
+                     device=None, target: int | None = None, stream_batch: int = EVAL_BATCH):
     """:func:`evaluate_data` under torchrun: this rank scores the contiguous shard ``group.span(len(data))`` of
     ``data`` (an ImageData, or a FolderStream: only the shard's files are decoded), the counts are summed
     across the ranks and every rank returns the figures of the whole of ``data`` (those of one process).
@@ -201,7 +204,7 @@ def evaluate_sharded(model, data, group, delta=None, num_classes: int | None = N
     got = None
     if b > a:
         if is_stream(data):
-            got = _stream_predictions(model, data.part(a, b), deltas, device=device)
+            got = _stream_predictions(model, data.part(a, b), deltas, stream_batch, device=device)
         else:
             images = data.images[a:b]
             y = data.labels[a:b].cpu()

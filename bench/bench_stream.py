@@ -20,10 +20,10 @@ Then, on this machine, in one run:
    resident sizes (RSS, which counts the pages the forked workers share with their parent once per
    process) and the main process's own peak RSS. Target: under 2 GB.
 2. **Streaming evaluation throughput**: ``evaluation.evaluate_stream`` (clean accuracy; the engine's decode,
-   resize and center crop in ``--workers`` processes, minibatches of 256) against a bare ``DataLoader`` over
-   the same files with the same decoder and the same workers and minibatches, and a forward pass of the same
-   model (torchvision ``resnet18``, random weights, ``--model``), nothing else. Images per second, runs
-   interleaved (``--repeats``), medians. Target: the stream at least 0.9× the bare loop.
+   resize and center crop in ``--workers`` processes, minibatches of ``stream.EVAL_BATCH``) against a bare
+   ``DataLoader`` over the same files with the same decoder and the same workers and minibatches, and a forward
+   pass of the same model (torchvision ``resnet18``, random weights, ``--model``), nothing else. Images per
+   second, runs interleaved (``--repeats``), medians. Target: the stream at least 0.9× the bare loop.
 3. **torchrun attack on the CPU**: ``uat attack`` (Alg. 2, ε = 10) on ``--attack-size`` training images with
    one process (minibatch 2B, all threads) and under ``torchrun --nproc_per_node=2`` (minibatch B per process,
    half the threads each): wall time of each command (starting the processes, decoding the attack set, Alg. 2,
@@ -89,7 +89,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads of the attack runs in all (one process: all of them; two: half each; "
                          "default: the CPU count)")
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: memory, throughput, torchrun")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated parts to skip: memory, throughput, torchrun; or, of the memory part, eval, "
+                         "train (its training runs and their bare loops)")
     ap.add_argument("--keep", action="store_true", help="keep the runs' output folders (printed)")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown section for docs/benchmarks.md")
     return ap.parse_args(argv)
@@ -218,16 +220,17 @@ def make_checkpoint(args, folder: Path, where: Path) -> Path:
     return path
 
 
-def part_memory(args, folder: Path, ckpt: Path, runs: Path) -> list[dict]:
+def part_memory(args, folder: Path, ckpt: Path, runs: Path, skip: set[str]) -> list[dict]:
     S = args.image_size
     delta = runs / "delta.pt"
     torch.save((torch.rand(3, S, S, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 10 / 255, delta)
     workers = [] if args.workers is None else ["--workers", str(args.workers)]
     data = ["--dataset", f"imagefolder:{folder}", "--image-size", str(S), "--stream", args.stream, *workers, "--quiet",
             "--device", "cpu"]
-    rows = [_measure_command("eval", ["eval", *data, "--checkpoint", str(ckpt), "--perturbation", str(delta),
-                                      "--out", str(runs / "eval"), "--force"], runs / "eval")]
-    for b in _batches(args.train_batch):
+    rows = [] if "eval" in skip else [
+        _measure_command("eval", ["eval", *data, "--checkpoint", str(ckpt), "--perturbation", str(delta),
+                                  "--out", str(runs / "eval"), "--force"], runs / "eval")]
+    for b in [] if "train" in skip else _batches(args.train_batch):
         out = runs / f"train{b}"
         rows.append(_measure_command(f"train (1 epoch, minibatch {b})", [
             "train", *data, "--model", args.model, "--epochs", "1", "--batch-size", str(b), "--no-report",
@@ -331,8 +334,8 @@ def part_throughput(args, folder: Path) -> dict:
             speeds[name].append(n / (time.perf_counter() - t0))
             print(f"throughput {name} run {r + 1}: {speeds[name][-1]:.1f} images/s", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in speeds.items()}
-    return {"images": len(stream), "workers": workers, "threads": torch.get_num_threads(), **{f"{k}_ips": v for k, v
-            in med.items()}, "runs": speeds, "ratio": med["stream"] / med["bare"]}
+    return {"images": len(stream), "workers": workers, "batch": EVAL_BATCH, "threads": torch.get_num_threads(),
+            **{f"{k}_ips": v for k, v in med.items()}, "runs": speeds, "ratio": med["stream"] / med["bare"]}
 
 
 def part_torchrun(args, folder: Path, ckpt: Path, runs: Path) -> dict:
@@ -391,7 +394,7 @@ def report(args, folder, runs, mem, thr, tr, load0, md: bool) -> str:
                   f"| bare DataLoader + forward | {thr['bare_ips']:.1f} |",
                   f"| `evaluate_stream` | {thr['stream_ips']:.1f} |",
                   f"| ratio (target ≥ {THROUGHPUT_TARGET}) | {thr['ratio']:.3f} {ok} |", "",
-                  f"{thr['images']} images, {thr['workers']} decoding processes, minibatches of 256, "
+                  f"{thr['images']} images, {thr['workers']} decoding processes, minibatches of {thr['batch']}, "
                   f"{thr['threads']} torch threads; runs: " + "; ".join(
                       f"{k} " + ", ".join(f"{v:.1f}" for v in vs) for k, vs in thr["runs"].items()), ""]
     if tr:
@@ -416,7 +419,7 @@ def main(argv=None) -> int:
     runs = Path(tempfile.mkdtemp(prefix="uat_bench_stream_runs_"))
     try:
         ckpt = make_checkpoint(args, folder, runs)
-        mem = part_memory(args, folder, ckpt, runs) if "memory" not in skip else None
+        mem = part_memory(args, folder, ckpt, runs, skip) if "memory" not in skip else None
         thr = part_throughput(args, folder) if "throughput" not in skip else None
         tr = part_torchrun(args, folder, ckpt, runs) if "torchrun" not in skip else None
         print(report(args, folder, runs, mem, thr, tr, load0, args.markdown))

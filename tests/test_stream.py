@@ -145,7 +145,7 @@ def test_decoding_processes_stack_minibatches_straight_into_shared_memory(tree):
 
 def test_a_training_run_scores_a_streamed_test_split_a_training_minibatch_at_a_time(tree, tmp_path, monkeypatch):
     """Inference holds less per image than training: scored at the training minibatch, the evaluation that ends
-    a run stays under the run's own peak memory (at 256 a time it went 0.3 GB above it, docs/benchmarks.md)."""
+    a run stays under the run's own peak memory (docs/benchmarks.md)."""
     from uat_core.cli import main
     from uat_core.engine import evaluation
     sizes = []

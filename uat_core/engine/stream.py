@@ -57,8 +57,8 @@ from .errors import UATError, UATWarning
 STREAM_MODES = ("auto", "on", "off")
 DEFAULT_THRESHOLD_MB = 2048     # --stream auto: stream a split whose decoded uint8 copy is larger than this
 MAX_DEFAULT_WORKERS = 8
-EVAL_BATCH = 128                # images a streamed evaluation decodes and classifies at a time: at 224² and 256,
-                                # mobilenet_v3_small's inference alone held 1.1 GB (0.8 GB at 128, docs/benchmarks.md)
+EVAL_BATCH = 128                # images a streamed evaluation decodes and classifies at a time (256: eval of the
+                                # benchmark folder at 224² peaked at 2.04 GB, 128: 1.57 GB; docs/benchmarks.md)
 RRC_SCALE = (0.08, 1.0)         # random-resized-crop: area fraction and aspect ratio (torchvision's defaults)
 RRC_RATIO = (3 / 4, 4 / 3)
 _SCAN_CHUNK = 256               # headers read per worker task

@@ -305,8 +305,7 @@ def run_training(run: TrainRun) -> TrainOutcome:
         if test is None:
             test = data.load("test", info, limit=run.eval_size, stream=None, group=group)
         # a streamed test split is scored a training minibatch at a time: inference holds less per image than
-        # training, so the evaluation stays under the training's own peak memory (224² images: 256 at a time
-        # took a mobilenet_v3_small run 0.3 GB above it, docs/benchmarks.md)
+        # training, so the evaluation stays under the training's own peak memory (docs/benchmarks.md)
         m = evaluate_data(trainer.model, test, None, test.num_classes, device=device, group=group,
                           stream_batch=cfg.batch_size)
         ok = True                                     # every rank finished training and evaluating together

@@ -154,6 +154,16 @@ def test_summary_weighs_a_two_factor_row_against_the_row_it_extends():
     assert "`ls01_e30` adds" not in study.summary([base, ls01, ls01_e30], None)    # without e30: nothing to weigh
 
 
+def test_summary_says_whether_a_stronger_dose_of_a_change_did_more():
+    base, ls01 = dict(fake("base", 0.42), epochs=10), fake("ls01", 0.39)
+    text = study.summary([base, ls01, fake("ls02", 0.404)], None)
+    assert "`ls02` takes label smoothing further (0.2 instead of 0.1): it keeps 40.4% against 39.0% (+1.4 points)" \
+        in text and "did *not* make the model easier to fool" in text
+    assert "made the model easier still to fool" in study.summary([base, ls01, fake("ls02", 0.35)], None)
+    assert "changed little" in study.summary([base, ls01, fake("ls02", 0.395)], None)
+    assert "takes label smoothing further" not in study.summary([base, fake("ls02", 0.35)], None)   # no ls01
+
+
 def test_the_report_renders_the_study_section_without_attacking(tmp_path, monkeypatch):
     from uat_core.zoo import report
     src = ROOT / "docs" / "results.json"

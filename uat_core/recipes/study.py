@@ -76,6 +76,8 @@ ROWS: dict[str, tuple[str, str, str, dict]] = {
 # rows that change two factors of the base: row -> (the row it extends by one factor, the row that makes the same
 # change to the base), so the summary can say how the change fares on a longer recipe
 EXTENDS: dict[str, tuple[str, str]] = {"ls01_e30": ("e30", "ls01")}
+# rows that make another row's change stronger: row -> the weaker row (the summary says whether more of it did more)
+STRONGER: dict[str, str] = {"ls02": "ls01"}
 
 
 def command(row: str) -> str:
@@ -296,6 +298,15 @@ def summary(results: list[dict], reference: dict | None = None) -> str:
                             f"{100 * (single['strong_top1'] - base['strong_top1']):+.1f} points (`{same}`)"
                             if single is not None else "")
                          + f"; the length of training moves the figure far more than {change} does.")
+    for row, weaker in STRONGER.items():
+        if row in by_row and weaker in by_row:
+            r, w = by_row[row], by_row[weaker]
+            d = 100 * (r["strong_top1"] - w["strong_top1"])
+            parts.append(f"`{row}` takes {r['factor']} further ({r['change']} instead of {w['change']}): it keeps "
+                         f"{pct(r['strong_top1'])} against {pct(w['strong_top1'])} ({d:+.1f} points), so more of it "
+                         + ("made the model easier still to fool." if d < -1 else
+                            "did *not* make the model easier to fool: here the effect did not grow with the dose." if d > 1
+                            else "changed little."))
     singles = [r for r in others if r["row"] not in EXTENDS]
     if singles:
         worst = min(singles, key=lambda r: r["strong_top1"])

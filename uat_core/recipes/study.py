@@ -305,8 +305,8 @@ def summary(results: list[dict], reference: dict | None = None) -> str:
             parts.append(f"`{row}` takes {r['factor']} further ({r['change']} instead of {w['change']}): it keeps "
                          f"{pct(r['strong_top1'])} against {pct(w['strong_top1'])} ({d:+.1f} points), so more of it "
                          + ("made the model easier still to fool." if d < -1 else
-                            "did *not* make the model easier to fool: here the effect did not grow with the dose." if d > 1
-                            else "changed little."))
+                            "did *not* make the model easier to fool: here the effect did not grow with the dose."
+                            if d > 1 else "changed little."))
     singles = [r for r in others if r["row"] not in EXTENDS]
     if singles:
         worst = min(singles, key=lambda r: r["strong_top1"])
